@@ -1,0 +1,108 @@
+"""pypds: an embedded storage engine for AT Protocol (Bluesky) repositories.
+
+>>> from pypds import Repo
+>>> with Repo.create("my-repo", "did:plc:example") as repo:   # doctest: +SKIP
+...     repo.put("app.bsky.feed.post", "3jui7kd54zh2y", {"$type": "app.bsky.feed.post", "text": "hi"})
+
+See the README for the full API.
+"""
+
+from .blobs import BlobRef
+from .car import CarReader, CarWriter
+from .cid import CID, cid_for_cbor, cid_for_raw, parse_cid
+from .commit import Commit, decode_commit, sign_commit
+from .errors import (
+    BadSignature,
+    BlockHashMismatch,
+    CarFormatError,
+    DidMismatch,
+    IntegrityError,
+    InvalidCbor,
+    InvalidCid,
+    InvalidCommit,
+    InvalidDid,
+    InvalidInput,
+    InvalidMst,
+    InvalidRecord,
+    InvalidRepoPath,
+    InvalidSigningKey,
+    InvalidTid,
+    LimitExceeded,
+    MissingBlock,
+    NotFound,
+    PypdsError,
+    RecordNotFound,
+    RefNotFound,
+    RepoClosed,
+    RepoExists,
+    RepoNotFound,
+    RepoStateError,
+    SchemaVersionError,
+    SigningKeyRequired,
+)
+from .keys import (
+    K256SigningKey,
+    P256SigningKey,
+    PublicKey,
+    SigningKey,
+    generate_signing_key,
+    load_signing_key,
+    parse_did_key,
+)
+from .limits import Limits
+from .mst import MST
+from .repo import Batch, BlockStore, Repo
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BadSignature",
+    "Batch",
+    "BlobRef",
+    "BlockHashMismatch",
+    "BlockStore",
+    "CID",
+    "CarFormatError",
+    "CarReader",
+    "CarWriter",
+    "Commit",
+    "DidMismatch",
+    "IntegrityError",
+    "InvalidCbor",
+    "InvalidCid",
+    "InvalidCommit",
+    "InvalidDid",
+    "InvalidInput",
+    "InvalidMst",
+    "InvalidRecord",
+    "InvalidRepoPath",
+    "InvalidSigningKey",
+    "InvalidTid",
+    "K256SigningKey",
+    "LimitExceeded",
+    "Limits",
+    "MST",
+    "MissingBlock",
+    "NotFound",
+    "P256SigningKey",
+    "PublicKey",
+    "PypdsError",
+    "RecordNotFound",
+    "RefNotFound",
+    "Repo",
+    "RepoClosed",
+    "RepoExists",
+    "RepoNotFound",
+    "RepoStateError",
+    "SchemaVersionError",
+    "SigningKey",
+    "SigningKeyRequired",
+    "cid_for_cbor",
+    "cid_for_raw",
+    "decode_commit",
+    "generate_signing_key",
+    "load_signing_key",
+    "parse_cid",
+    "parse_did_key",
+    "sign_commit",
+]

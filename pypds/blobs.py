@@ -1,0 +1,106 @@
+"""The ``blobs/`` tree: content-addressed files beside ``pds.db``.
+
+A blob lives at ``blobs/<first two characters of its CID>/<CID>`` (raw-codec
+CIDv1, sha2-256). Writes go to a temporary file in the same directory, are
+fsynced and renamed into place, so an interrupted write never leaves a
+partial file under a final name. Reads are checked against the CID: a
+truncated or altered file raises :class:`BlockHashMismatch`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cid import CID, RAW_PREFIX, cid_for_raw
+from .errors import BlockHashMismatch, InvalidInput
+
+__all__ = ["BlobRef", "BlobStore"]
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """A reference to a stored blob, as embedded in records."""
+
+    cid: CID
+    mime_type: str
+    size: int
+
+    def to_json(self) -> dict:
+        """The atproto JSON form ``{"$type": "blob", "ref": {"$link": ...}, ...}``."""
+        return {
+            "$type": "blob",
+            "ref": {"$link": self.cid.encode()},
+            "mimeType": self.mime_type,
+            "size": self.size,
+        }
+
+    def to_record(self) -> dict:
+        """The DAG-CBOR form to embed in a record passed to ``Repo.put``."""
+        return {"$type": "blob", "ref": self.cid, "mimeType": self.mime_type, "size": self.size}
+
+
+class BlobStore:
+    """Blob files under one directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path_for(self, cid: CID) -> Path:
+        name = cid.encode()
+        return self.root / name[:2] / name
+
+    def put(self, data: bytes) -> CID:
+        """Store ``data`` durably and return its raw CID (idempotent)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InvalidInput(f"blob data must be bytes, not {type(data).__name__}")
+        data = bytes(data)
+        cid = cid_for_raw(data)
+        final = self.path_for(cid)
+        if final.exists() and self._matches(final, cid):
+            return cid
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".tmp-{secrets.token_hex(8)}"
+        try:
+            with open(tmp, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        _fsync_dir(final.parent)
+        return cid
+
+    def get(self, cid: CID) -> bytes | None:
+        """The blob's bytes, checked against its CID; None if absent."""
+        if cid.cid_bytes[:4] != RAW_PREFIX or len(cid.cid_bytes) != 36:
+            return None
+        path = self.path_for(cid)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        if hashlib.sha256(data).digest() != cid.cid_bytes[4:]:
+            raise BlockHashMismatch(
+                f"blob {cid.encode()} at {path}: file is corrupt ({len(data)} bytes do not hash to its CID)"
+            )
+        return data
+
+    def has(self, cid: CID) -> bool:
+        return self.path_for(cid).is_file()
+
+    def _matches(self, path: Path, cid: CID) -> bool:
+        return hashlib.sha256(path.read_bytes()).digest() == cid.cid_bytes[4:]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

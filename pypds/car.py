@@ -1,0 +1,217 @@
+"""CAR v1: a streaming reader that verifies every block, and a streaming writer.
+
+Layout: ``varint(len(header)) header`` where the header is the DAG-CBOR map
+``{"roots": [CID, ...], "version": 1}``, then sections
+``varint(len(cid) + len(data)) cid data``. Varints are unsigned LEB128.
+
+The reader never trusts a length: the header and every section length is
+checked against :mod:`pypds.limits` before it is read, a truncated stream is
+reported with its byte offset, and every block's bytes are hashed against
+its CID before they are handed out. Only the two atproto CID forms (CIDv1
+sha2-256, dag-cbor or raw) are accepted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import cbrrr
+
+from .cid import CID, DAG_CBOR_PREFIX, RAW_PREFIX, check_cid_bytes
+from .errors import BlockHashMismatch, CarFormatError, LimitExceeded
+from .limits import DEFAULT_LIMITS, Limits
+
+__all__ = ["CarSource", "CarReader", "CarWriter", "encode_varint", "open_car_source"]
+
+CarSource = Union[bytes, bytearray, memoryview, str, os.PathLike, BinaryIO]
+
+_CHUNK = 1 << 20
+_MAX_VARINT_BYTES = 9  # enough for any length below 2**63
+
+
+def encode_varint(value: int) -> bytes:
+    """Unsigned LEB128 encoding of ``value``."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+class _Input:
+    """Buffered reads from a file object, tracking the byte offset."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._buf = b""
+        self._pos = 0
+        self.offset = 0  # offset of self._buf[self._pos] in the stream
+
+    def _fill(self, need: int) -> bool:
+        """Make at least ``need`` bytes available; False if the stream ends first."""
+        while len(self._buf) - self._pos < need:
+            chunk = self._stream.read(max(_CHUNK, need))
+            if not chunk:
+                return False
+            self._buf = self._buf[self._pos :] + chunk
+            self._pos = 0
+        return True
+
+    def at_end(self) -> bool:
+        return not self._fill(1)
+
+    def read_varint(self, what: str) -> int:
+        start = self.offset
+        self._fill(_MAX_VARINT_BYTES + 1)
+        buf, pos = self._buf, self._pos
+        value = shift = 0
+        for i in range(_MAX_VARINT_BYTES + 1):
+            if pos + i >= len(buf):
+                raise CarFormatError(f"CAR truncated inside the {what} varint at byte {start}")
+            byte = buf[pos + i]
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                if i and not byte:
+                    raise CarFormatError(f"CAR {what} varint at byte {start} is not minimal")
+                self._pos += i + 1
+                self.offset += i + 1
+                return value
+            shift += 7
+        raise CarFormatError(f"CAR {what} varint at byte {start} is too long")
+
+    def read_exact(self, size: int, what: str) -> bytes:
+        start = self.offset
+        if not self._fill(size):
+            raise CarFormatError(
+                f"CAR truncated in the {what} at byte {start}: wanted {size} bytes, "
+                f"{len(self._buf) - self._pos} left"
+            )
+        data = self._buf[self._pos : self._pos + size]
+        self._pos += size
+        self.offset += size
+        return data
+
+
+def open_car_source(source: CarSource) -> tuple[BinaryIO, bool]:
+    """A binary stream for ``source`` and whether the caller must close it."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return io.BytesIO(bytes(source)), True
+    if isinstance(source, (str, os.PathLike)):
+        return open(source, "rb"), True
+    if hasattr(source, "read"):
+        return source, False
+    raise TypeError(f"CAR source must be bytes, a path or a binary file, not {type(source).__name__}")
+
+
+class CarReader:
+    """Iterate the verified blocks of a CAR v1 stream.
+
+    ``reader.roots`` holds the header roots; iterating yields ``(cid, data)``
+    with every block already checked against its CID. Use as a context
+    manager (or call :meth:`close`) when the source is a path.
+    """
+
+    def __init__(self, source: CarSource, *, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._stream, self._owned = open_car_source(source)
+        self._input = _Input(self._stream)
+        self._limits = limits
+        try:
+            self.roots = self._read_header()
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_header(self) -> list[CID]:
+        if self._input.at_end():
+            raise CarFormatError("CAR is empty: no header at byte 0")
+        size = self._input.read_varint("header length")
+        if size == 0:
+            raise CarFormatError("CAR header at byte 0 has length 0")
+        if size > self._limits.max_car_header_bytes:
+            raise LimitExceeded("max_car_header_bytes", size, self._limits.max_car_header_bytes, "byte 0")
+        raw = self._input.read_exact(size, "header")
+        try:
+            header = cbrrr.decode_dag_cbor(raw)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise CarFormatError(f"CAR header is not valid DAG-CBOR: {exc}") from None
+        if type(header) is not dict:
+            raise CarFormatError("CAR header is not a map")
+        if header.get("version") != 1 or type(header.get("version")) is not int:
+            raise CarFormatError(f"unsupported CAR version {header.get('version')!r} (expected 1)")
+        roots = header.get("roots")
+        if type(roots) is not list or not roots:
+            raise CarFormatError("CAR header has no roots")
+        for root in roots:
+            if type(root) is not CID:
+                raise CarFormatError("CAR header root is not a CID")
+        check_cid_bytes(roots[0].cid_bytes, "the first CAR root", allow_raw=False)
+        return roots
+
+    def __iter__(self) -> Iterator[tuple[CID, bytes]]:
+        source = self._input
+        max_section = self._limits.max_car_section_bytes
+        sha256 = hashlib.sha256
+        while not source.at_end():
+            start = source.offset
+            size = source.read_varint("section length")
+            if size > max_section:
+                raise LimitExceeded("max_car_section_bytes", size, max_section, f"byte {start}")
+            if size < 36:
+                raise CarFormatError(f"CAR section at byte {start} is too short ({size} bytes) to hold a CID")
+            section = source.read_exact(size, "section")
+            prefix = section[:4]
+            if prefix != DAG_CBOR_PREFIX and prefix != RAW_PREFIX:
+                check_cid_bytes(section[:36], f"CAR section at byte {start}")
+            cid_bytes = section[:36]
+            data = section[36:]
+            if sha256(data).digest() != cid_bytes[4:]:
+                raise BlockHashMismatch(
+                    f"block {CID(cid_bytes).encode()} at byte {start}: bytes do not hash to its CID"
+                )
+            yield CID(cid_bytes), data
+
+    def close(self) -> None:
+        if self._owned:
+            self._stream.close()
+
+    def __enter__(self) -> CarReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class CarWriter:
+    """Write a CAR v1 stream: the header at construction, then blocks."""
+
+    def __init__(self, stream: BinaryIO, roots: list[CID]) -> None:
+        self._stream = stream
+        header = cbrrr.encode_dag_cbor({"roots": roots, "version": 1})
+        stream.write(encode_varint(len(header)) + header)
+
+    def write_block(self, cid: CID, data: bytes) -> None:
+        raw = cid.cid_bytes
+        self._stream.write(encode_varint(len(raw) + len(data)) + raw + data)
+
+
+def write_car_file(path: str | os.PathLike, roots: list[CID], blocks: Iterator[tuple[CID, bytes]]) -> None:
+    """Write a CAR to ``path`` atomically (temporary file, fsync, rename)."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as stream:
+            writer = CarWriter(stream, roots)
+            for cid, data in blocks:
+                writer.write_block(cid, data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

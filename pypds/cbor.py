@@ -1,0 +1,111 @@
+"""DAG-CBOR encoding and decoding, and atproto record rules.
+
+A thin, typed layer over cbrrr (canonical, non-recursive, strict). Decoding
+errors of any kind become :class:`InvalidCbor`. On top of the codec:
+
+* :func:`encode_record` / :func:`decode_record` apply the atproto record
+  rules: the top level is a map with a non-empty string ``$type``, no floats
+  anywhere, bounded nesting depth and size.
+* :func:`check_data_model` walks a value iteratively (never recursively, so a
+  deep input cannot cause ``RecursionError``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cbrrr
+
+from .cid import CID
+from .errors import InvalidCbor, InvalidRecord, LimitExceeded
+from .limits import DEFAULT_LIMITS, Limits
+
+__all__ = [
+    "encode",
+    "decode",
+    "encode_record",
+    "decode_record",
+    "check_data_model",
+]
+
+
+def encode(value: Any) -> bytes:
+    """Encode a value as canonical DAG-CBOR (map keys sorted, shortest ints)."""
+    try:
+        return cbrrr.encode_dag_cbor(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidRecord(f"cannot encode as DAG-CBOR: {exc}") from None
+
+
+def decode(data: bytes, where: str = "") -> Any:
+    """Decode one canonical DAG-CBOR value; anything else raises InvalidCbor."""
+    try:
+        return cbrrr.decode_dag_cbor(data)
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        at = f" in {where}" if where else ""
+        raise InvalidCbor(f"invalid DAG-CBOR{at}: {exc}") from None
+
+
+def check_data_model(value: Any, where: str = "", limits: Limits = DEFAULT_LIMITS) -> None:
+    """Check a decoded value against the atproto data model.
+
+    Floats are rejected, map keys must be strings, nesting is bounded by
+    ``limits.max_cbor_depth``. Iterative: safe on arbitrarily deep input.
+    """
+    at = f" in {where}" if where else ""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    max_depth = limits.max_cbor_depth
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            if depth >= max_depth:
+                raise LimitExceeded("max_cbor_depth", depth + 1, max_depth, where)
+            for key, sub in item.items():
+                if type(key) is not str:
+                    raise InvalidRecord(f"map key is not a string{at}: {key!r}")
+                stack.append((sub, depth + 1))
+        elif kind is list:
+            if depth >= max_depth:
+                raise LimitExceeded("max_cbor_depth", depth + 1, max_depth, where)
+            stack.extend((sub, depth + 1) for sub in item)
+        elif kind is float:
+            raise InvalidRecord(f"floats are not allowed in atproto records{at}: {item!r}")
+        elif kind is int:
+            if not -(1 << 63) <= item < (1 << 63):
+                raise InvalidRecord(f"integer out of the 64-bit signed range{at}: {item}")
+        elif item is None or kind in (str, bytes, bool, CID):
+            continue
+        else:
+            raise InvalidRecord(f"unsupported value type {kind.__name__}{at}")
+
+
+def _check_record_shape(value: Any, where: str) -> None:
+    at = f" {where}" if where else ""
+    if type(value) is not dict:
+        raise InvalidRecord(f"record{at} is not a map but {type(value).__name__}")
+    rtype = value.get("$type")
+    if type(rtype) is not str or not rtype:
+        raise InvalidRecord(f"record{at} lacks a non-empty string $type")
+
+
+def encode_record(record: Any, where: str = "", limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """Validate an atproto record (dict) and return its canonical DAG-CBOR bytes."""
+    _check_record_shape(record, where)
+    check_data_model(record, where, limits)
+    data = encode(record)
+    if len(data) > limits.max_record_bytes:
+        raise LimitExceeded("max_record_bytes", len(data), limits.max_record_bytes, where)
+    return data
+
+
+def decode_record(data: bytes, where: str = "", limits: Limits = DEFAULT_LIMITS) -> dict:
+    """Decode and validate record bytes; they must be canonical DAG-CBOR."""
+    if len(data) > limits.max_record_bytes:
+        raise LimitExceeded("max_record_bytes", len(data), limits.max_record_bytes, where)
+    value = decode(data, where)
+    _check_record_shape(value, where)
+    check_data_model(value, where, limits)
+    if encode(value) != data:
+        raise InvalidCbor(f"record {where} is not in canonical DAG-CBOR form")
+    return value

@@ -1,0 +1,101 @@
+"""Content identifiers.
+
+pypds uses :class:`cbrrr.CID` as its CID type (re-exported as ``pypds.CID``):
+it is what the DAG-CBOR codec produces and consumes, so no conversion happens
+on the hot paths. ``CID.decode("bafy...")`` parses the string form and
+``cid.encode()`` produces it.
+
+atproto repositories use exactly two CID forms, both CIDv1 with a 32-byte
+sha2-256 digest:
+
+* ``01 71 12 20 <digest>``: dag-cbor (commits, MST nodes, records), ``bafyrei...``
+* ``01 55 12 20 <digest>``: raw (blobs), ``bafkrei...``
+
+Anything else read from untrusted input is rejected with :class:`InvalidCid`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from cbrrr import CID
+
+from .errors import BlockHashMismatch, InvalidCid
+
+__all__ = [
+    "CID",
+    "DAG_CBOR_PREFIX",
+    "RAW_PREFIX",
+    "cid_for_cbor",
+    "cid_for_raw",
+    "parse_cid",
+    "check_cid_bytes",
+    "verify_block",
+    "is_dag_cbor",
+]
+
+DAG_CBOR_PREFIX = b"\x01\x71\x12\x20"
+RAW_PREFIX = b"\x01\x55\x12\x20"
+CID_LENGTH = 36
+
+
+def cid_for_cbor(data: bytes) -> CID:
+    """The dag-cbor CID of a DAG-CBOR block."""
+    return CID(DAG_CBOR_PREFIX + hashlib.sha256(data).digest())
+
+
+def cid_for_raw(data: bytes) -> CID:
+    """The raw-codec CID of a blob."""
+    return CID(RAW_PREFIX + hashlib.sha256(data).digest())
+
+
+def is_dag_cbor(cid: CID) -> bool:
+    """True if ``cid`` is a CIDv1 dag-cbor sha2-256 CID."""
+    raw = cid.cid_bytes
+    return len(raw) == CID_LENGTH and raw[:4] == DAG_CBOR_PREFIX
+
+
+def check_cid_bytes(raw: bytes, where: str = "", *, allow_raw: bool = True) -> None:
+    """Raise :class:`InvalidCid` unless ``raw`` is a binary CID pypds accepts."""
+    if len(raw) == CID_LENGTH and (
+        raw[:4] == DAG_CBOR_PREFIX or (allow_raw and raw[:4] == RAW_PREFIX)
+    ):
+        return
+    at = f" at {where}" if where else ""
+    if raw[:2] == b"\x12\x20":
+        raise InvalidCid(f"CIDv0 is not supported{at}")
+    if raw[:1] != b"\x01":
+        raise InvalidCid(f"unsupported CID version{at}: {raw[:4].hex()}")
+    kinds = "dag-cbor or raw" if allow_raw else "dag-cbor"
+    raise InvalidCid(
+        f"unsupported CID{at}: expected CIDv1 {kinds} sha2-256 (36 bytes), "
+        f"got {len(raw)} bytes starting {raw[:4].hex()}"
+    )
+
+
+def parse_cid(value: str | bytes | CID, *, allow_raw: bool = True) -> CID:
+    """Parse a CID from its string form, binary form or a CID, and check its form."""
+    if isinstance(value, CID):
+        raw = value.cid_bytes
+    elif isinstance(value, str):
+        if not value.startswith("b") or value != value.strip():
+            raise InvalidCid(f"not a base32 CID string: {value!r}")
+        try:
+            raw = CID.decode(value).cid_bytes
+        except ValueError as exc:
+            raise InvalidCid(f"cannot decode CID string {value!r}: {exc}") from None
+        if CID(raw).encode() != value:
+            raise InvalidCid(f"CID string is not in canonical lower-case form: {value!r}")
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+    else:
+        raise InvalidCid(f"expected a CID, got {type(value).__name__}")
+    check_cid_bytes(raw, allow_raw=allow_raw)
+    return value if isinstance(value, CID) else CID(raw)
+
+
+def verify_block(cid: CID, data: bytes, where: str = "") -> None:
+    """Raise :class:`BlockHashMismatch` unless sha256(data) is the CID's digest."""
+    if hashlib.sha256(data).digest() != cid.cid_bytes[4:]:
+        at = f" at {where}" if where else ""
+        raise BlockHashMismatch(f"block {cid.encode()}{at}: bytes do not hash to its CID")

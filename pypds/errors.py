@@ -1,0 +1,159 @@
+"""The pypds exception hierarchy.
+
+Every error pypds raises on purpose is a :class:`PypdsError`. Callers can
+catch the whole family, one branch (bad input, integrity failure, not found,
+limit exceeded, repository state) or one precise class. Messages name the CID,
+key or byte offset at fault.
+
+    PypdsError
+    ├── InvalidInput            caller-supplied value is malformed
+    │   ├── InvalidRepoPath     collection / record key / MST key syntax
+    │   ├── InvalidRecord       not a valid atproto record
+    │   ├── InvalidDid
+    │   ├── InvalidTid
+    │   └── InvalidSigningKey
+    ├── IntegrityError          stored or imported data is wrong
+    │   ├── CarFormatError      CAR framing or header
+    │   ├── BlockHashMismatch   a block's bytes do not hash to its CID
+    │   ├── MissingBlock        a block the structure needs is absent
+    │   ├── InvalidCid          unsupported or malformed CID
+    │   ├── InvalidCbor         bytes are not canonical DAG-CBOR
+    │   ├── InvalidMst          MST structure rules violated
+    │   ├── InvalidCommit       commit object malformed
+    │   ├── BadSignature        commit signature does not verify
+    │   └── DidMismatch         commit belongs to another repository
+    ├── NotFound
+    │   ├── RecordNotFound
+    │   └── RefNotFound
+    ├── LimitExceeded           a named safety limit was hit
+    └── RepoStateError          the repository handle cannot do this
+        ├── RepoClosed
+        ├── RepoExists
+        ├── RepoNotFound
+        ├── SchemaVersionError
+        └── SigningKeyRequired
+"""
+
+from __future__ import annotations
+
+
+class PypdsError(Exception):
+    """Base class of every error raised by pypds."""
+
+
+class InvalidInput(PypdsError, ValueError):
+    """A value handed to pypds is malformed."""
+
+
+class InvalidRepoPath(InvalidInput):
+    """A collection, record key or repo path (MST key) has invalid syntax."""
+
+
+class InvalidRecord(InvalidInput):
+    """A record is not a valid atproto record (not a map, floats, bad CBOR...)."""
+
+
+class InvalidDid(InvalidInput):
+    """A DID has invalid syntax."""
+
+
+class InvalidTid(InvalidInput):
+    """A TID (timestamp identifier, used for revs) has invalid syntax."""
+
+
+class InvalidSigningKey(InvalidInput):
+    """Key material (private key, did:key) cannot be used."""
+
+
+class IntegrityError(PypdsError):
+    """Data read from a CAR or the store breaks an integrity rule."""
+
+
+class CarFormatError(IntegrityError):
+    """The CAR framing or header is malformed."""
+
+
+class BlockHashMismatch(IntegrityError):
+    """A block's bytes do not hash to the digest in its CID."""
+
+
+class MissingBlock(IntegrityError):
+    """A block needed to complete a structure is not present."""
+
+    def __init__(self, message: str, cid: object = None) -> None:
+        super().__init__(message)
+        self.cid = cid
+
+
+class InvalidCid(IntegrityError, ValueError):
+    """A CID is malformed or uses a version, codec or hash pypds does not accept."""
+
+
+class InvalidCbor(IntegrityError):
+    """Bytes are not canonical DAG-CBOR."""
+
+
+class InvalidMst(IntegrityError):
+    """An MST node or tree breaks the MST rules."""
+
+
+class InvalidCommit(IntegrityError):
+    """A commit object does not have the v3 structure."""
+
+
+class BadSignature(IntegrityError):
+    """A commit signature does not verify against the expected key."""
+
+
+class DidMismatch(IntegrityError):
+    """A commit's DID is not the repository's DID."""
+
+
+class NotFound(PypdsError, KeyError):
+    """Something looked up by name or key does not exist."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class RecordNotFound(NotFound):
+    """No record exists at the given collection and record key."""
+
+
+class RefNotFound(NotFound):
+    """No named ref exists with the given name."""
+
+
+class LimitExceeded(PypdsError):
+    """Input exceeded a named safety limit (see :mod:`pypds.limits`)."""
+
+    def __init__(self, limit: str, value: int, maximum: int, where: str = "") -> None:
+        at = f" at {where}" if where else ""
+        super().__init__(f"limit {limit} exceeded{at}: {value} > {maximum}")
+        self.limit = limit
+        self.value = value
+        self.maximum = maximum
+
+
+class RepoStateError(PypdsError):
+    """The repository handle cannot perform the operation in its current state."""
+
+
+class RepoClosed(RepoStateError):
+    """The repository has been closed."""
+
+
+class RepoExists(RepoStateError):
+    """A repository already exists at the path given to create."""
+
+
+class RepoNotFound(RepoStateError):
+    """No repository exists at the path given to open."""
+
+
+class SchemaVersionError(RepoStateError):
+    """The store was written by a newer (or unknown) version of pypds."""
+
+
+class SigningKeyRequired(RepoStateError):
+    """A write needs a signing key, but the repository has none."""

@@ -1,0 +1,196 @@
+"""MST nodes: the in-memory form, key heights, and the block encoding."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Protocol, Union
+
+import cbrrr
+
+from ..cid import CID, DAG_CBOR_PREFIX, RAW_PREFIX
+from ..errors import InvalidCbor, InvalidMst, LimitExceeded
+from ..limits import DEFAULT_LIMITS, Limits
+
+Link = Union[CID, "Node", None]
+
+
+class Node:
+    """One MST node: sorted full keys, their values, and len(keys)+1 links.
+
+    ``links[0]`` holds the keys before ``keys[0]``; ``links[i + 1]`` the keys
+    between ``keys[i]`` and ``keys[i + 1]``. The encoding and CID are computed
+    on first use and cached (the node is immutable).
+    """
+
+    __slots__ = ("keys", "vals", "links", "_cid", "_data", "persisted")
+
+    def __init__(
+        self,
+        keys: tuple[bytes, ...],
+        vals: tuple[CID, ...],
+        links: tuple[Link, ...],
+        *,
+        cid: CID | None = None,
+        data: bytes | None = None,
+    ) -> None:
+        self.keys = keys
+        self.vals = vals
+        self.links = links
+        self._cid = cid
+        self._data = data
+        self.persisted = cid is not None
+
+    @property
+    def cid(self) -> CID:
+        """The dag-cbor CID of this node's block."""
+        if self._cid is None:
+            self._encode()
+        return self._cid  # type: ignore[return-value]
+
+    @property
+    def data(self) -> bytes:
+        """This node's block bytes."""
+        if self._data is None:
+            self._encode()
+        return self._data  # type: ignore[return-value]
+
+    def _encode(self) -> None:
+        data = encode_node(self)
+        self._data = data
+        self._cid = CID(DAG_CBOR_PREFIX + hashlib.sha256(data).digest())
+
+    @property
+    def is_empty(self) -> bool:
+        """True for a node with no keys and no link (only valid as an empty root)."""
+        return not self.keys and self.links[0] is None
+
+    def __repr__(self) -> str:
+        return f"Node({len(self.keys)} keys, {self.cid.encode()})"
+
+
+def empty_node() -> Node:
+    """A new empty node (the root of the empty tree).
+
+    Always a fresh object: ``persisted`` is per block store, so an empty
+    node must never be shared between repositories.
+    """
+    return Node((), (), (None,))
+
+
+class NodeSource(Protocol):
+    """Anything that turns a node CID into a :class:`Node` (usually via a cache)."""
+
+    def load_node(self, cid: CID) -> Node: ...
+
+
+def resolve(source: NodeSource, link: Link) -> Node | None:
+    """The node a link points to, loading it from ``source`` if needed."""
+    if link is None or type(link) is Node:
+        return link  # type: ignore[return-value]
+    return source.load_node(link)  # type: ignore[arg-type]
+
+
+def link_cid(link: Link) -> CID | None:
+    """The CID a link stands for (computing it for in-memory nodes)."""
+    if link is None or type(link) is CID:
+        return link  # type: ignore[return-value]
+    return link.cid  # type: ignore[union-attr]
+
+
+def key_height(key: bytes) -> int:
+    """Layer of a key: leading zero bits of sha256(key), halved (rounded down)."""
+    value = int.from_bytes(hashlib.sha256(key).digest(), "big")
+    return (256 - value.bit_length()) >> 1
+
+
+def common_prefix_len(a: bytes, b: bytes) -> int:
+    """Number of leading bytes shared by ``a`` and ``b``."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def encode_node(node: Node) -> bytes:
+    """The canonical DAG-CBOR block of a node (maximal prefix compression)."""
+    entries = []
+    prev = b""
+    links = node.links
+    for i, key in enumerate(node.keys):
+        shared = common_prefix_len(prev, key)
+        entries.append(
+            {"k": key[shared:], "p": shared, "t": link_cid(links[i + 1]), "v": node.vals[i]}
+        )
+        prev = key
+    return cbrrr.encode_dag_cbor({"e": entries, "l": link_cid(links[0])})
+
+
+def _check_link(value: object, what: str, where: str) -> CID | None:
+    if value is None:
+        return None
+    if type(value) is not CID:
+        raise InvalidMst(f"MST node {where}: {what} is not a CID or null")
+    raw = value.cid_bytes  # type: ignore[union-attr]
+    if len(raw) != 36 or raw[:4] != DAG_CBOR_PREFIX:
+        raise InvalidMst(f"MST node {where}: {what} is not a dag-cbor sha2-256 CID")
+    return value  # type: ignore[return-value]
+
+
+def _check_value(value: object, where: str, index: int) -> CID:
+    if type(value) is not CID:
+        raise InvalidMst(f"MST node {where}: entry {index} value is not a CID")
+    raw = value.cid_bytes  # type: ignore[union-attr]
+    if len(raw) != 36 or raw[:4] not in (DAG_CBOR_PREFIX, RAW_PREFIX):
+        raise InvalidMst(f"MST node {where}: entry {index} value is not a sha2-256 CIDv1")
+    return value  # type: ignore[return-value]
+
+
+def decode_node(
+    data: bytes, cid: CID | None = None, limits: Limits = DEFAULT_LIMITS
+) -> Node:
+    """Decode and structurally check one MST node block.
+
+    Checks the field set and types, link forms, prefix lengths, maximal
+    compression and strict key order. Key heights and subtree ranges need
+    the node's place in the tree and are checked by :func:`walk_tree`.
+    """
+    where = cid.encode() if cid is not None else "(unknown CID)"
+    try:
+        obj = cbrrr.decode_dag_cbor(data)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidCbor(f"MST node {where}: invalid DAG-CBOR: {exc}") from None
+    if type(obj) is not dict or obj.keys() != {"e", "l"}:
+        raise InvalidMst(f"MST node {where}: expected a map with exactly 'e' and 'l'")
+    entries = obj["e"]
+    if type(entries) is not list:
+        raise InvalidMst(f"MST node {where}: 'e' is not a list")
+    if len(entries) > limits.max_mst_node_entries:
+        raise LimitExceeded(
+            "max_mst_node_entries", len(entries), limits.max_mst_node_entries, where
+        )
+    links: list[Link] = [_check_link(obj["l"], "'l'", where)]
+    keys: list[bytes] = []
+    vals: list[CID] = []
+    prev = b""
+    max_key = limits.max_mst_key_bytes
+    for i, entry in enumerate(entries):
+        if type(entry) is not dict or entry.keys() != {"k", "p", "t", "v"}:
+            raise InvalidMst(f"MST node {where}: entry {i} must have exactly k, p, t, v")
+        suffix, shared = entry["k"], entry["p"]
+        if type(suffix) is not bytes or type(shared) is not int:
+            raise InvalidMst(f"MST node {where}: entry {i} has a non-bytes k or non-int p")
+        if not 0 <= shared <= len(prev):
+            raise InvalidMst(f"MST node {where}: entry {i} prefix length {shared} out of range")
+        key = prev[:shared] + suffix
+        if len(key) > max_key:
+            raise LimitExceeded("max_mst_key_bytes", len(key), max_key, f"{where} entry {i}")
+        if key <= prev and i > 0:
+            raise InvalidMst(f"MST node {where}: keys not strictly sorted at entry {i} ({key!r})")
+        if common_prefix_len(prev, key) != shared:
+            raise InvalidMst(f"MST node {where}: entry {i} prefix compression is not maximal")
+        keys.append(key)
+        vals.append(_check_value(entry["v"], where, i))
+        links.append(_check_link(entry["t"], f"entry {i} 't'", where))
+        prev = key
+    return Node(tuple(keys), tuple(vals), tuple(links), cid=cid, data=data)

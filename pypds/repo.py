@@ -1,0 +1,859 @@
+"""The :class:`Repo` handle: one atproto repository in one directory.
+
+A repository is a content-addressed block graph (signed commit -> MST nodes
+-> records) plus pointers (HEAD and named refs), stored in ``pds.db``, with
+blobs beside it in ``blobs/``. Every write is a signed v3 commit: the MST
+change is computed in memory, then the new blocks, HEAD and rev are written
+in one SQLite transaction; the in-memory state only advances once that
+transaction has committed.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO, NamedTuple, TypeVar
+
+from . import cbor
+from .blobs import BlobRef, BlobStore
+from .car import CarReader, CarSource, CarWriter, write_car_file
+from .cid import CID, cid_for_cbor, parse_cid, verify_block
+from .commit import Commit, decode_commit, sign_commit
+from .errors import (
+    DidMismatch,
+    InvalidInput,
+    InvalidRecord,
+    LimitExceeded,
+    MissingBlock,
+    RecordNotFound,
+    RefNotFound,
+    RepoClosed,
+    SigningKeyRequired,
+)
+from .keys import PublicKey, SigningKey, generate_signing_key, load_public_key, load_signing_key
+from .limits import DEFAULT_LIMITS, Limits
+from .mst import MST, Node, build_tree, decode_node, empty_node, iter_range, key_height, lookup
+from .mst import delete as mst_delete
+from .mst import put as mst_put
+from .mst.verify import walk_tree
+from .store import Store
+from .syntax import check_collection, check_did, check_record_key, repo_path
+from .tid import TidClock
+
+__all__ = ["Repo", "Batch", "BlockStore"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Decoded MST nodes kept in memory per open repository.
+NODE_CACHE_SIZE = 200_000
+#: A batch on an empty tree with at least this many writes is built bottom-up.
+BULK_BUILD_THRESHOLD = 64
+
+
+def _public(method: F) -> F:
+    """Serialise calls on one handle and refuse them once it is closed."""
+
+    @functools.wraps(method)
+    def wrapper(self: Repo, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            if self._store is None:
+                raise RepoClosed(f"repository at {self.path} is closed")
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class _NodeCache:
+    """Decoded MST nodes by CID, read through from the block store."""
+
+    def __init__(self, get_block: Callable[[CID], bytes | None], limits: Limits) -> None:
+        self._get_block = get_block
+        self._limits = limits
+        self._nodes: dict[bytes, Node] = {}
+
+    def load_node(self, cid: CID) -> Node:
+        node = self._nodes.get(cid.cid_bytes)
+        if node is None:
+            data = self._get_block(cid)
+            if data is None:
+                raise MissingBlock(f"missing MST node {cid.encode()}", cid)
+            node = decode_node(data, cid, self._limits)
+            self.add(node)
+        return node
+
+    def add(self, node: Node) -> None:
+        if len(self._nodes) >= NODE_CACHE_SIZE:
+            self._nodes.clear()
+        self._nodes[node.cid.cid_bytes] = node
+
+
+class _Op:
+    __slots__ = ("key", "record")
+
+    def __init__(self, key: bytes, record: tuple[CID, bytes] | None) -> None:
+        self.key = key
+        self.record = record  # None for a delete
+
+
+class Batch:
+    """Writes collected by ``with repo.batch() as b:`` and committed as one commit.
+
+    After the block ends without an exception, ``b.commit`` is the new
+    commit's CID (None if the batch was empty).
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
+        self.ops: list[_Op] = []
+        self.commit: CID | None = None
+
+    def put(self, collection: str, rkey: str, record: dict | bytes) -> CID:
+        """Create or replace a record; returns the record's CID."""
+        path = repo_path(collection, rkey)
+        data = _record_bytes(record, path, self._limits)
+        cid = cid_for_cbor(data)
+        self.ops.append(_Op(path.encode(), (cid, data)))
+        return cid
+
+    def delete(self, collection: str, rkey: str) -> None:
+        """Delete a record (the commit fails with RecordNotFound if it is absent)."""
+        self.ops.append(_Op(repo_path(collection, rkey).encode(), None))
+
+
+def _record_bytes(record: dict | bytes, path: str, limits: Limits) -> bytes:
+    if isinstance(record, (bytes, bytearray, memoryview)):
+        data = bytes(record)
+        cbor.decode_record(data, path, limits)
+        return data
+    if isinstance(record, dict):
+        return cbor.encode_record(record, path, limits)
+    raise InvalidRecord(f"record {path} must be a dict or DAG-CBOR bytes, not {type(record).__name__}")
+
+
+class BlockStore:
+    """Raw access to the repository's blocks (``repo.blockstore``)."""
+
+    def __init__(self, repo: Repo) -> None:
+        self._repo = repo
+
+    def get(self, cid: CID | str) -> bytes | None:
+        """A block's bytes, or None."""
+        return self._repo._store_or_raise().get_block(parse_cid(cid))
+
+    def has(self, cid: CID | str) -> bool:
+        """True if the block is stored."""
+        return self._repo._store_or_raise().has_block(parse_cid(cid))
+
+    def __contains__(self, cid: object) -> bool:
+        return isinstance(cid, (CID, str)) and self.has(cid)
+
+    def put(self, data: bytes, cid: CID | str | None = None) -> CID:
+        """Store a DAG-CBOR block; when ``cid`` is given the bytes must hash to it."""
+        data = bytes(data)
+        cbor.decode(data, "block")
+        if cid is None:
+            cid = cid_for_cbor(data)
+        else:
+            cid = parse_cid(cid, allow_raw=False)
+            verify_block(cid, data)
+        repo = self._repo
+        with repo._lock:
+            store = repo._store_or_raise()
+            with store.transaction():
+                store.put_blocks([(cid, data)], repo._rev)
+        return cid
+
+    def __iter__(self) -> Iterator[tuple[CID, bytes]]:
+        return self._repo._store_or_raise().iter_blocks()
+
+    def __len__(self) -> int:
+        return self._repo._store_or_raise().count_blocks()
+
+
+class Repo:
+    """One atproto repository: ``pds.db`` plus ``blobs/`` in a directory.
+
+    Open with :meth:`create`, :meth:`open` or :meth:`from_car`; use as a
+    context manager or call :meth:`close`. Handles are safe to share between
+    threads (calls are serialised); several processes may open one repo.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        store: Store,
+        *,
+        signing_key: SigningKey | None,
+        limits: Limits,
+    ) -> None:
+        self.path = path
+        self._store: Store | None = store
+        self._lock = threading.RLock()
+        self._limits = limits
+        self._blobs = BlobStore(path / "blobs")
+        self._cache = _NodeCache(store.get_block, limits)
+        self._signing_key = signing_key
+        self._did = str(store.get_meta("did"))
+        self._clock = TidClock(clock_id=_int_meta(store, "clock_id"))
+        self._head: CID = CID(b"")
+        self._rev = ""
+        self._root: Node = empty_node()
+        self._height = 0
+        self._seen_version = -1
+        self.blockstore = BlockStore(self)
+
+    # -- opening and closing ---------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        did: str,
+        *,
+        signing_key: SigningKey | bytes | str | None = None,
+        store_key: bool | None = None,
+        durability: str = "full",
+        busy_timeout: float = 5.0,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> Repo:
+        """Create a repository with a signed commit over the empty tree.
+
+        Without ``signing_key`` a secp256k1 key is generated and kept in the
+        store. A given key (object, 32 raw bytes or hex) is kept only if
+        ``store_key=True``; otherwise pass it again to :meth:`open` to write.
+        Refuses a directory that already holds a repository.
+        """
+        check_did(did)
+        directory = Path(path)
+        key = generate_signing_key() if signing_key is None else load_signing_key(signing_key)
+        keep_key = signing_key is None if store_key is None else store_key
+        store = Store.create(directory, durability=durability, busy_timeout=busy_timeout)
+        try:
+            with store.transaction():
+                store.init_schema()
+                _init_meta(store, did, key, keep_key)
+                repo = cls(directory, store, signing_key=key, limits=limits)
+                root = empty_node()
+                written = repo._write_commit(root, [], key)
+            repo._committed(written)
+            repo._set_state(written.commit, written.rev, root, 0)
+        except BaseException:
+            store.close()
+            _remove_store_files(directory)
+            raise
+        return repo
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike,
+        *,
+        signing_key: SigningKey | bytes | str | None = None,
+        durability: str = "full",
+        busy_timeout: float = 5.0,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> Repo:
+        """Open an existing repository. ``signing_key`` overrides a stored key."""
+        directory = Path(path)
+        store = Store.open(directory, durability=durability, busy_timeout=busy_timeout)
+        try:
+            key = load_signing_key(signing_key) if signing_key is not None else _stored_key(store)
+            repo = cls(directory, store, signing_key=key, limits=limits)
+            with store.snapshot():
+                repo._refresh(force=True)
+        except BaseException:
+            store.close()
+            raise
+        return repo
+
+    @classmethod
+    def from_car(
+        cls,
+        path: str | os.PathLike,
+        car: CarSource,
+        *,
+        key: PublicKey | SigningKey | str | None = None,
+        signing_key: SigningKey | bytes | str | None = None,
+        durability: str = "full",
+        busy_timeout: float = 5.0,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> Repo:
+        """Create a repository from a CAR: its DID comes from the CAR's commit.
+
+        ``key`` (a did:key or key object) makes the import check the
+        signature. ``signing_key`` is used for later writes (not stored).
+        On any failure nothing is left behind at ``path``.
+        """
+        loaded = _LoadedCar.read(car, limits)
+        commit = loaded.commit()
+        directory = Path(path)
+        existed = directory.exists()
+        store = Store.create(directory, durability=durability, busy_timeout=busy_timeout)
+        try:
+            signer = load_signing_key(signing_key) if signing_key is not None else None
+            with store.transaction():
+                store.init_schema()
+                _init_meta(store, commit.did, None, False)
+                repo = cls(directory, store, signing_key=signer, limits=limits)
+                repo._import_loaded(loaded, key)
+            repo._refresh(force=True)
+        except BaseException:
+            store.close()
+            _remove_store_files(directory, remove_dir=not existed)
+            raise
+        return repo
+
+    def close(self) -> None:
+        """Close the handle; later calls raise RepoClosed. Closing twice is fine."""
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+    def __enter__(self) -> Repo:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._store is None else f"head={self._head.encode()}"
+        return f"Repo({str(self.path)!r}, did={self._did!r}, {state})"
+
+    # -- identity and state ---------------------------------------------------
+
+    @property
+    def did(self) -> str:
+        """The repository's DID."""
+        return self._did
+
+    @property
+    def signing_key(self) -> SigningKey | None:
+        """The key that signs new commits (None for a read-only handle)."""
+        return self._signing_key
+
+    @property
+    def did_key(self) -> str | None:
+        """The ``did:key`` of the signing key."""
+        return None if self._signing_key is None else self._signing_key.did_key
+
+    @property
+    @_public
+    def head(self) -> CID:
+        """The CID of the current commit."""
+        self._refresh()
+        return self._head
+
+    @property
+    @_public
+    def rev(self) -> str:
+        """The rev (TID) of the current commit."""
+        self._refresh()
+        return self._rev
+
+    @_public
+    def commit(self, cid: CID | str | None = None) -> Commit:
+        """The decoded commit at ``cid`` (default HEAD)."""
+        self._refresh()
+        return self._load_commit(self._head if cid is None else parse_cid(cid))
+
+    @_public
+    def set_head(self, cid: CID | str) -> None:
+        """Move HEAD to a stored commit of this repository whose tree is complete."""
+        cid = parse_cid(cid, allow_raw=False)
+        commit = self._load_commit(cid)
+        self._check_complete(commit.data)
+        store = self._store_or_raise()
+        with store.transaction():
+            store.set_meta("head", cid.cid_bytes)
+            store.set_meta("rev", commit.rev)
+            self._remember_rev(store, commit.rev)
+        self._refresh(force=True)
+
+    @_public
+    def checkout(self, cid: CID | str | None = None) -> MST:
+        """A read-only view of the tree at HEAD or at the given commit."""
+        self._refresh()
+        if cid is None:
+            return MST(self._cache, self._root_cid())
+        return MST(self._cache, self._load_commit(parse_cid(cid)).data)
+
+    # -- records ---------------------------------------------------------------
+
+    @_public
+    def put(self, collection: str, rkey: str, record: dict | bytes) -> CID:
+        """Create or replace a record in its own signed commit; returns the record CID."""
+        batch = Batch(self._limits)
+        cid = batch.put(collection, rkey, record)
+        self._commit_ops(batch.ops)
+        return cid
+
+    @_public
+    def delete(self, collection: str, rkey: str) -> None:
+        """Delete a record in its own signed commit; RecordNotFound if absent."""
+        batch = Batch(self._limits)
+        batch.delete(collection, rkey)
+        self._commit_ops(batch.ops)
+
+    @contextmanager
+    def batch(self) -> Iterator[Batch]:
+        """Collect puts and deletes and commit them as one signed commit.
+
+        An exception inside the block discards every write in it.
+        """
+        batch = Batch(self._limits)
+        yield batch
+        if batch.ops:
+            batch.commit = self._commit_batch(batch)
+
+    @_public
+    def _commit_batch(self, batch: Batch) -> CID:
+        return self._commit_ops(batch.ops)
+
+    @_public
+    def find(self, collection: str, rkey: str) -> dict | None:
+        """The record at collection/rkey as a dict, or None."""
+        data = self._find_bytes(collection, rkey)
+        return None if data is None else cbor.decode(data, f"{collection}/{rkey}")
+
+    @_public
+    def find_bytes(self, collection: str, rkey: str) -> bytes | None:
+        """The record's DAG-CBOR bytes, or None."""
+        return self._find_bytes(collection, rkey)
+
+    @_public
+    def find_cid(self, collection: str, rkey: str) -> CID | None:
+        """The record's CID at HEAD, or None."""
+        self._refresh()
+        return lookup(self._cache, self._root, repo_path(collection, rkey).encode())
+
+    def _find_bytes(self, collection: str, rkey: str) -> bytes | None:
+        self._refresh()
+        cid = lookup(self._cache, self._root, repo_path(collection, rkey).encode())
+        if cid is None:
+            return None
+        data = self._store_or_raise().get_block(cid)
+        if data is None:
+            raise MissingBlock(f"record block {cid.encode()} for {collection}/{rkey} is missing", cid)
+        return data
+
+    @_public
+    def list(
+        self,
+        collection: str,
+        *,
+        limit: int | None = None,
+        cursor: str | None = None,
+        reverse: bool = False,
+    ) -> list[tuple[str, CID]]:
+        """``(rkey, cid)`` pairs of a collection in key order.
+
+        ``cursor`` is an rkey: listing starts after it (before it when
+        ``reverse``). ``limit`` caps the number returned.
+        """
+        if limit is not None and limit < 0:
+            raise InvalidInput(f"limit must not be negative: {limit}")
+        prefix = check_collection(collection).encode() + b"/"
+        start, stop = prefix, prefix[:-1] + b"0"  # "0" is the byte after "/"
+        if cursor is not None:
+            edge = prefix + check_record_key(cursor).encode()
+            if reverse:
+                stop = edge
+            else:
+                start = edge + b"\x00"
+        self._refresh()
+        out: list[tuple[str, CID]] = []
+        if limit == 0:
+            return out
+        cut = len(prefix)
+        for key, cid in iter_range(self._cache, self._root, start, stop, reverse=reverse):
+            out.append((key[cut:].decode(), cid))
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    @_public
+    def collections(self) -> list[str]:
+        """The collections that hold at least one record, sorted."""
+        self._refresh()
+        found: list[str] = []
+        start: bytes | None = None
+        while True:
+            first = next(iter_range(self._cache, self._root, start), None)
+            if first is None:
+                return found
+            collection = first[0].split(b"/", 1)[0]
+            found.append(collection.decode())
+            start = collection + b"0"
+
+    # -- blobs -----------------------------------------------------------------
+
+    @_public
+    def put_blob(self, data: bytes, mime_type: str) -> BlobRef:
+        """Store a blob durably; returns its reference (raw CID, MIME type, size)."""
+        if not isinstance(mime_type, str) or "/" not in mime_type:
+            raise InvalidInput(f"invalid MIME type: {mime_type!r}")
+        cid = self._blobs.put(data)
+        return BlobRef(cid=cid, mime_type=mime_type, size=len(data))
+
+    @_public
+    def blob(self, cid: CID | str) -> bytes | None:
+        """A blob's bytes, checked against its CID; None if not stored."""
+        return self._blobs.get(parse_cid(cid))
+
+    # -- refs ------------------------------------------------------------------
+
+    @_public
+    def ref(self, name: str) -> CID | None:
+        """The commit CID a named ref points to, or None."""
+        return self._store_or_raise().get_ref(_check_ref_name(name))
+
+    @_public
+    def set_ref(self, name: str, cid: CID | str) -> None:
+        """Point a named ref at a stored commit of this repository (tree complete)."""
+        name = _check_ref_name(name)
+        cid = parse_cid(cid, allow_raw=False)
+        self._check_complete(self._load_commit(cid).data)
+        store = self._store_or_raise()
+        with store.transaction():
+            store.set_ref(name, cid)
+
+    @_public
+    def delete_ref(self, name: str) -> None:
+        """Remove a named ref; RefNotFound if it does not exist."""
+        store = self._store_or_raise()
+        with store.transaction():
+            if not store.delete_ref(_check_ref_name(name)):
+                raise RefNotFound(f"no ref named {name!r}")
+
+    @_public
+    def list_refs(self) -> list[tuple[str, CID]]:
+        """All named refs as ``(name, commit CID)``, sorted by name."""
+        return self._store_or_raise().list_refs()
+
+    # -- CAR import and export -------------------------------------------------
+
+    @_public
+    def import_car(
+        self, source: CarSource, *, key: PublicKey | SigningKey | str | None = None
+    ) -> int:
+        """Import a full repository CAR for this DID and move HEAD to its commit.
+
+        Every block's hash, the commit, the whole MST (structure and
+        completeness) and, when ``key`` is given, the signature are checked
+        before anything is written; then all blocks and HEAD are written in
+        one transaction. On failure the store is unchanged. Returns the
+        number of blocks kept (commit, MST nodes, records).
+        """
+        loaded = _LoadedCar.read(source, self._limits)
+        store = self._store_or_raise()
+        with store.transaction():
+            count = self._import_loaded(loaded, key)
+        self._refresh(force=True)
+        return count
+
+    @_public
+    def export_car(
+        self,
+        dest: str | os.PathLike | BinaryIO | None = None,
+        *,
+        commit: CID | str | None = None,
+    ) -> bytes | None:
+        """Write the full CAR of HEAD (or ``commit``): commit, every MST node, every record.
+
+        Blocks come in the stream-friendly order (each node before its
+        children, records in key order). With no ``dest`` the CAR is
+        returned as bytes; a path is written atomically; a binary file
+        object is streamed to. Nothing is built in memory for a destination.
+        """
+        self._refresh()
+        commit_cid = self._head if commit is None else parse_cid(commit, allow_raw=False)
+        if dest is None:
+            buffer = io.BytesIO()
+            self._write_car(buffer, commit_cid)
+            return buffer.getvalue()
+        if isinstance(dest, (str, os.PathLike)):
+            write_car_file(dest, [commit_cid], self._car_blocks(commit_cid))
+            return None
+        self._write_car(dest, commit_cid)
+        return None
+
+    # -- internals -------------------------------------------------------------
+
+    def _store_or_raise(self) -> Store:
+        store = self._store
+        if store is None:
+            raise RepoClosed(f"repository at {self.path} is closed")
+        return store
+
+    def _set_state(self, head: CID, rev: str, root: Node, height: int) -> None:
+        self._head, self._rev, self._root, self._height = head, rev, root, height
+        self._clock.observe(rev)
+
+    def _refresh(self, force: bool = False) -> None:
+        """Reload HEAD if another connection moved it since we last looked."""
+        store = self._store_or_raise()
+        version = store.data_version()
+        if not force and version == self._seen_version:
+            return
+        head = CID(store.get_meta("head"))  # type: ignore[arg-type]
+        if force or head != self._head:
+            commit = self._load_commit(head)
+            root = self._cache.load_node(commit.data)
+            height = key_height(root.keys[0]) if root.keys else 0
+            self._set_state(head, commit.rev, root, height)
+        last = store.get_meta("last_rev")
+        if last:
+            self._clock.observe(str(last))
+        self._seen_version = version
+
+    def _root_cid(self) -> CID:
+        return self._root.cid
+
+    def _load_commit(self, cid: CID) -> Commit:
+        data = self._store_or_raise().get_block(cid)
+        if data is None:
+            raise MissingBlock(f"commit {cid.encode()} is not stored", cid)
+        commit = decode_commit(data, cid)
+        if commit.did != self._did:
+            raise DidMismatch(f"commit {cid.encode()} belongs to {commit.did}, not {self._did}")
+        return commit
+
+    def _check_complete(self, root: CID) -> None:
+        """Raise unless every node and record of the tree at ``root`` is stored."""
+        store = self._store_or_raise()
+        for step in walk_tree(store.get_block, root, limits=self._limits, check_paths=False):
+            if step.node is None and not store.has_block(step.cid):
+                raise MissingBlock(
+                    f"record block {step.cid.encode()} for {step.key!r} is missing", step.cid
+                )
+
+    def _require_key(self) -> SigningKey:
+        if self._signing_key is None:
+            raise SigningKeyRequired(
+                f"repository at {self.path} has no signing key: pass signing_key= to Repo.open"
+            )
+        return self._signing_key
+
+    def _commit_ops(self, ops: list[_Op]) -> CID:
+        """Apply ops to the tree at HEAD and write them as one signed commit."""
+        key = self._require_key()
+        store = self._store_or_raise()
+        with store.transaction():
+            self._refresh()  # under the write lock: we build on the latest HEAD
+            root, height, records = self._apply_ops(ops)
+            written = self._write_commit(root, records, key)
+        self._committed(written)
+        self._set_state(written.commit, written.rev, root, height)
+        self._seen_version = store.data_version()
+        return written.commit
+
+    def _apply_ops(self, ops: list[_Op]) -> tuple[Node, int, list[tuple[CID, bytes]]]:
+        records: dict[bytes, tuple[CID, bytes]] = {}
+        for op in ops:
+            if op.record is not None:
+                records[op.record[0].cid_bytes] = op.record
+        root = self._root
+        if root.is_empty and len(ops) >= BULK_BUILD_THRESHOLD:
+            final: dict[bytes, CID] = {}
+            for op in ops:
+                if op.record is not None:
+                    final[op.key] = op.record[0]
+                elif final.pop(op.key, None) is None:
+                    raise RecordNotFound(f"no record at {op.key.decode()}")
+            new_root, height = build_tree(sorted(final.items()))
+        else:
+            new_root, height = root, self._height
+            for op in ops:
+                if op.record is not None:
+                    new_root, height = mst_put(self._cache, new_root, height, op.key, op.record[0])
+                else:
+                    new_root, height = mst_delete(self._cache, new_root, height, op.key)
+        return new_root, height, list(records.values())
+
+    def _write_commit(
+        self, root: Node, records: list[tuple[CID, bytes]], key: SigningKey
+    ) -> _Written:
+        """Sign a commit over ``root`` and write it with the new blocks (inside a transaction).
+
+        The caller passes the result to :meth:`_committed` once the
+        transaction has committed, never before.
+        """
+        store = self._store_or_raise()
+        new_nodes = _unpersisted_nodes(root)
+        rev = self._clock.next()
+        _commit, block, commit_cid = sign_commit(self._did, root.cid, rev, key)
+        blocks = [(node.cid, node.data) for node in new_nodes]
+        blocks.extend(records)
+        blocks.append((commit_cid, block))
+        store.put_blocks(blocks, rev)
+        store.set_meta("head", commit_cid.cid_bytes)
+        store.set_meta("rev", rev)
+        self._remember_rev(store, rev)
+        return _Written(commit_cid, rev, new_nodes)
+
+    def _committed(self, written: _Written) -> None:
+        """Record that a commit's new nodes are durably stored."""
+        for node in written.nodes:
+            node.persisted = True
+            self._cache.add(node)
+
+    def _remember_rev(self, store: Store, rev: str) -> None:
+        last = store.get_meta("last_rev")
+        if last is None or rev > str(last):
+            store.set_meta("last_rev", rev)
+
+    def _import_loaded(self, loaded: _LoadedCar, key: PublicKey | SigningKey | str | None) -> int:
+        """Check a loaded CAR against this repo and write it (inside a transaction)."""
+        commit = loaded.commit()
+        if commit.did != self._did:
+            raise DidMismatch(f"CAR commit {loaded.root.encode()} is for {commit.did}, not {self._did}")
+        if key is not None:
+            commit.verify(load_public_key(key))
+        kept = loaded.tree_blocks(commit, self._limits)
+        store = self._store_or_raise()
+        store.put_blocks(kept, commit.rev)
+        store.set_meta("head", loaded.root.cid_bytes)
+        store.set_meta("rev", commit.rev)
+        self._remember_rev(store, commit.rev)
+        return len(kept)
+
+    def _car_blocks(self, commit_cid: CID) -> Iterator[tuple[CID, bytes]]:
+        store = self._store_or_raise()
+        commit_block = store.get_block(commit_cid)
+        if commit_block is None:
+            raise MissingBlock(f"commit {commit_cid.encode()} is not stored", commit_cid)
+        commit = decode_commit(commit_block, commit_cid)
+        yield commit_cid, commit_block
+        written: set[bytes] = set()
+        for step in walk_tree(store.get_block, commit.data, limits=self._limits, check_paths=False):
+            if step.node is not None:
+                yield step.cid, step.node.data
+                continue
+            if step.cid.cid_bytes in written:
+                continue
+            written.add(step.cid.cid_bytes)
+            data = store.get_block(step.cid)
+            if data is None:
+                raise MissingBlock(f"record block {step.cid.encode()} for {step.key!r} is missing", step.cid)
+            yield step.cid, data
+
+    def _write_car(self, stream: BinaryIO, commit_cid: CID) -> None:
+        blocks = self._car_blocks(commit_cid)
+        first = next(blocks)  # fail before writing anything if the commit is absent
+        writer = CarWriter(stream, [commit_cid])
+        writer.write_block(*first)
+        for cid, data in blocks:
+            writer.write_block(cid, data)
+
+
+class _Written(NamedTuple):
+    commit: CID
+    rev: str
+    nodes: list[Node]
+
+
+class _LoadedCar:
+    """A CAR read fully into memory, every block hash-checked."""
+
+    def __init__(self, root: CID, blocks: dict[bytes, bytes]) -> None:
+        self.root = root
+        self.blocks = blocks
+
+    @classmethod
+    def read(cls, source: CarSource, limits: Limits) -> _LoadedCar:
+        blocks: dict[bytes, bytes] = {}
+        total = 0
+        with CarReader(source, limits=limits) as reader:
+            for cid, data in reader:
+                total += len(data)
+                if total > limits.max_import_bytes:
+                    raise LimitExceeded("max_import_bytes", total, limits.max_import_bytes)
+                blocks[cid.cid_bytes] = data
+                if len(blocks) > limits.max_import_blocks:
+                    raise LimitExceeded("max_import_blocks", len(blocks), limits.max_import_blocks)
+            return cls(reader.roots[0], blocks)
+
+    def get(self, cid: CID) -> bytes | None:
+        return self.blocks.get(cid.cid_bytes)
+
+    def commit(self) -> Commit:
+        data = self.get(self.root)
+        if data is None:
+            raise MissingBlock(f"CAR root commit {self.root.encode()} is not in the CAR", self.root)
+        return decode_commit(data, self.root)
+
+    def tree_blocks(self, commit: Commit, limits: Limits) -> list[tuple[CID, bytes]]:
+        """Walk and check the commit's tree; the blocks it reaches, commit first."""
+        kept = [(self.root, self.blocks[self.root.cid_bytes])]
+        records: set[bytes] = set()
+        for step in walk_tree(self.get, commit.data, limits=limits):
+            if step.node is not None:
+                kept.append((step.cid, step.node.data))
+                continue
+            raw = step.cid.cid_bytes
+            if raw in records:
+                continue
+            data = self.blocks.get(raw)
+            if data is None:
+                raise MissingBlock(
+                    f"record {step.cid.encode()} for {step.key!r} is not in the CAR", step.cid
+                )
+            records.add(raw)
+            kept.append((step.cid, data))
+        return kept
+
+
+def _unpersisted_nodes(root: Node) -> list[Node]:
+    """Nodes reachable from ``root`` through in-memory links that are not yet stored."""
+    found: list[Node] = []
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node.persisted:
+            continue
+        found.append(node)
+        stack.extend(link for link in node.links if type(link) is Node)
+    return found
+
+
+def _init_meta(store: Store, did: str, key: SigningKey | None, keep_key: bool) -> None:
+    store.set_meta("did", did)
+    store.set_meta("clock_id", TidClock().clock_id)
+    if key is not None and keep_key:
+        store.set_meta("signing_key", key.to_bytes().hex())
+        store.set_meta("signing_curve", key.curve)
+
+
+def _stored_key(store: Store) -> SigningKey | None:
+    secret = store.get_meta("signing_key")
+    if secret is None:
+        return None
+    return load_signing_key(str(secret), curve=str(store.get_meta("signing_curve") or "k256"))
+
+
+def _int_meta(store: Store, name: str) -> int | None:
+    value = store.get_meta(name)
+    return None if value is None else int(value)  # type: ignore[call-overload]
+
+
+def _check_ref_name(name: str) -> str:
+    if not isinstance(name, str) or not name or len(name) > 256 or not name.isprintable():
+        raise InvalidInput(f"invalid ref name {name!r}: 1-256 printable characters")
+    return name
+
+
+def _remove_store_files(directory: Path, remove_dir: bool = False) -> None:
+    """Remove what a failed create left behind."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        target = directory / f"pds.db{suffix}"
+        if target.exists():
+            target.unlink()
+    if remove_dir and directory.exists():
+        shutil.rmtree(directory)

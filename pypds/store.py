@@ -1,0 +1,179 @@
+"""``pds.db``: the SQLite block store, refs and metadata (through apsw).
+
+Schema (version 1, recorded in ``PRAGMA user_version``)::
+
+    blocks(cid BLOB PRIMARY KEY, rev TEXT, data BLOB)  -- every block, tagged
+                                                      -- with the rev that first stored it
+    refs(name TEXT PRIMARY KEY, cid BLOB)              -- named refs
+    meta(key TEXT PRIMARY KEY, value)                  -- did, head, rev, keys, clock id
+
+The database runs in WAL mode. ``durability="full"`` (the default) fsyncs
+every commit, so an acknowledged commit survives a power loss as well as a
+killed process; ``durability="normal"`` skips the per-commit fsync (WAL
+``synchronous=NORMAL``): still safe against a killed process, but the last
+commits may be lost on power failure. A store written by a newer pypds
+(higher schema version) is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import apsw
+
+from .cid import CID
+from .errors import RepoExists, RepoNotFound, SchemaVersionError
+
+__all__ = ["Store", "SCHEMA_VERSION", "DB_NAME"]
+
+SCHEMA_VERSION = 1
+DB_NAME = "pds.db"
+
+_SCHEMA = """
+CREATE TABLE blocks (cid BLOB PRIMARY KEY, rev TEXT NOT NULL, data BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE refs (name TEXT PRIMARY KEY, cid BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+"""
+
+_SYNC = {"full": "FULL", "normal": "NORMAL"}
+
+
+class Store:
+    """One ``pds.db`` connection."""
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        self.conn = conn
+        self._get = "SELECT data FROM blocks WHERE cid = ?"
+
+    @classmethod
+    def create(cls, directory: Path, *, durability: str = "full", busy_timeout: float = 5.0) -> Store:
+        path = directory / DB_NAME
+        if path.exists():
+            raise RepoExists(f"a repository already exists at {directory}")
+        directory.mkdir(parents=True, exist_ok=True)
+        conn = apsw.Connection(str(path))
+        store = cls(conn)
+        store._configure(durability, busy_timeout)
+        return store
+
+    def init_schema(self) -> None:
+        """Create the tables; call inside the transaction that writes the first commit."""
+        self.conn.execute(_SCHEMA)
+        self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @classmethod
+    def open(cls, directory: Path, *, durability: str = "full", busy_timeout: float = 5.0) -> Store:
+        path = directory / DB_NAME
+        if not path.is_file():
+            raise RepoNotFound(f"no repository at {directory} ({DB_NAME} not found)")
+        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
+        store = cls(conn)
+        try:
+            version = store._scalar("PRAGMA user_version")
+        except apsw.Error as exc:
+            conn.close()
+            raise RepoNotFound(f"{path} is not a pypds database: {exc}") from None
+        if version == 0:
+            conn.close()
+            raise RepoNotFound(f"{path} holds no pypds repository (empty or unfinished create)")
+        if version != SCHEMA_VERSION:
+            conn.close()
+            newer = "newer" if version > SCHEMA_VERSION else "unknown"
+            raise SchemaVersionError(
+                f"{path} has schema version {version} ({newer}); this pypds reads version {SCHEMA_VERSION}"
+            )
+        store._configure(durability, busy_timeout)
+        return store
+
+    def _configure(self, durability: str, busy_timeout: float) -> None:
+        if durability not in _SYNC:
+            raise ValueError(f"durability must be 'full' or 'normal', not {durability!r}")
+        self.conn.set_busy_timeout(int(busy_timeout * 1000))
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute(f"PRAGMA synchronous = {_SYNC[durability]}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _scalar(self, sql: str, params: tuple = ()) -> object:
+        row = self.conn.execute(sql, params).fetchone()
+        return None if row is None else row[0]
+
+    # -- transactions ------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """A write transaction (BEGIN IMMEDIATE): all of it commits, or none."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """A read transaction: every read inside sees one consistent state."""
+        if not self.conn.get_autocommit():
+            yield  # already inside a transaction
+            return
+        self.conn.execute("BEGIN DEFERRED")
+        try:
+            yield
+        finally:
+            self.conn.execute("COMMIT")
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits to the database."""
+        return self.conn.data_version()
+
+    # -- blocks ------------------------------------------------------------
+
+    def get_block(self, cid: CID) -> bytes | None:
+        for (data,) in self.conn.execute(self._get, (cid.cid_bytes,)):
+            return data
+        return None
+
+    def has_block(self, cid: CID) -> bool:
+        return self.conn.execute("SELECT 1 FROM blocks WHERE cid = ?", (cid.cid_bytes,)).fetchone() is not None
+
+    def put_blocks(self, blocks: Iterable[tuple[CID, bytes]], rev: str) -> None:
+        """Insert blocks (already hash-checked) not yet present, tagged with ``rev``."""
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO blocks (cid, rev, data) VALUES (?, ?, ?)",
+            ((cid.cid_bytes, rev, data) for cid, data in blocks),
+        )
+
+    def iter_blocks(self) -> Iterator[tuple[CID, bytes]]:
+        for cid, data in self.conn.execute("SELECT cid, data FROM blocks ORDER BY cid"):
+            yield CID(cid), data
+
+    def count_blocks(self) -> int:
+        return int(self._scalar("SELECT count(*) FROM blocks"))  # type: ignore[arg-type]
+
+    # -- meta --------------------------------------------------------------
+
+    def get_meta(self, key: str) -> object:
+        return self._scalar("SELECT value FROM meta WHERE key = ?", (key,))
+
+    def set_meta(self, key: str, value: object) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # -- refs --------------------------------------------------------------
+
+    def get_ref(self, name: str) -> CID | None:
+        value = self._scalar("SELECT cid FROM refs WHERE name = ?", (name,))
+        return None if value is None else CID(value)  # type: ignore[arg-type]
+
+    def set_ref(self, name: str, cid: CID) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO refs (name, cid) VALUES (?, ?)", (name, cid.cid_bytes))
+
+    def delete_ref(self, name: str) -> bool:
+        self.conn.execute("DELETE FROM refs WHERE name = ?", (name,))
+        return self.conn.changes() > 0
+
+    def list_refs(self) -> list[tuple[str, CID]]:
+        return [(name, CID(cid)) for name, cid in self.conn.execute("SELECT name, cid FROM refs ORDER BY name")]

@@ -1,0 +1,42 @@
+"""Shared test helpers: fixture paths and small repository builders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+INTEROP = FIXTURES / "atproto-interop"
+REFERENCE = FIXTURES / "reference"
+
+DID = "did:plc:w4xbfzo7kqfes5zb7r6qv3rw"
+POST = "app.bsky.feed.post"
+
+
+def load_json(path: Path):
+    return json.loads(path.read_text())
+
+
+def syntax_lines(name: str) -> list[str]:
+    """Non-comment lines of an interop syntax fixture (blank lines are kept as '')."""
+    lines = (INTEROP / "syntax" / name).read_text().split("\n")
+    return [line for line in lines if not line.startswith("#")]
+
+
+def post(i: int, text: str | None = None) -> dict:
+    return {
+        "$type": POST,
+        "text": text if text is not None else f"post number {i}",
+        "createdAt": f"2024-01-01T00:00:{i % 60:02d}.000Z",
+        "langs": ["en"],
+    }
+
+
+@pytest.fixture
+def repo(tmp_path):
+    from pypds import Repo
+
+    with Repo.create(tmp_path / "repo", DID) as r:
+        yield r
