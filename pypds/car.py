@@ -18,7 +18,7 @@ import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import cbrrr
 
@@ -28,7 +28,7 @@ from .limits import DEFAULT_LIMITS, Limits
 
 __all__ = ["CarSource", "CarReader", "CarWriter", "encode_varint", "open_car_source"]
 
-CarSource = Union[bytes, bytearray, memoryview, str, os.PathLike, BinaryIO]
+CarSource = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO
 
 _CHUNK = 1 << 20
 _MAX_VARINT_BYTES = 9  # enough for any length below 2**63

@@ -57,9 +57,7 @@ def is_dag_cbor(cid: CID) -> bool:
 
 def check_cid_bytes(raw: bytes, where: str = "", *, allow_raw: bool = True) -> None:
     """Raise :class:`InvalidCid` unless ``raw`` is a binary CID pypds accepts."""
-    if len(raw) == CID_LENGTH and (
-        raw[:4] == DAG_CBOR_PREFIX or (allow_raw and raw[:4] == RAW_PREFIX)
-    ):
+    if len(raw) == CID_LENGTH and (raw[:4] == DAG_CBOR_PREFIX or (allow_raw and raw[:4] == RAW_PREFIX)):
         return
     at = f" at {where}" if where else ""
     if raw[:2] == b"\x12\x20":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from typing import Union
 
 import coincurve
 from cryptography.exceptions import InvalidSignature
@@ -80,9 +79,7 @@ class PublicKey:
             return False
         digest = hashlib.sha256(data).digest()
         try:
-            self._key.verify(
-                encode_dss_signature(r, s), digest, ec.ECDSA(Prehashed(hashes.SHA256()))
-            )
+            self._key.verify(encode_dss_signature(r, s), digest, ec.ECDSA(Prehashed(hashes.SHA256())))
         except InvalidSignature:
             return False
         return True
@@ -190,7 +187,7 @@ class P256SigningKey(SigningKey):
         return self._public
 
 
-KeyInput = Union[SigningKey, bytes, str]
+KeyInput = SigningKey | bytes | str
 
 
 def generate_signing_key(curve: str = "k256") -> SigningKey:

@@ -27,6 +27,7 @@ from .cid import CID, cid_for_cbor, parse_cid, verify_block
 from .commit import Commit, decode_commit, sign_commit
 from .errors import (
     DidMismatch,
+    InvalidCbor,
     InvalidInput,
     InvalidRecord,
     LimitExceeded,
@@ -129,7 +130,10 @@ class Batch:
 def _record_bytes(record: dict | bytes, path: str, limits: Limits) -> bytes:
     if isinstance(record, (bytes, bytearray, memoryview)):
         data = bytes(record)
-        cbor.decode_record(data, path, limits)
+        try:
+            cbor.decode_record(data, path, limits)
+        except InvalidCbor as exc:
+            raise InvalidRecord(str(exc)) from None
         return data
     if isinstance(record, dict):
         return cbor.encode_record(record, path, limits)
@@ -540,9 +544,7 @@ class Repo:
     # -- CAR import and export -------------------------------------------------
 
     @_public
-    def import_car(
-        self, source: CarSource, *, key: PublicKey | SigningKey | str | None = None
-    ) -> int:
+    def import_car(self, source: CarSource, *, key: PublicKey | SigningKey | str | None = None) -> int:
         """Import a full repository CAR for this DID and move HEAD to its commit.
 
         Every block's hash, the commit, the whole MST (structure and
@@ -630,9 +632,7 @@ class Repo:
         store = self._store_or_raise()
         for step in walk_tree(store.get_block, root, limits=self._limits, check_paths=False):
             if step.node is None and not store.has_block(step.cid):
-                raise MissingBlock(
-                    f"record block {step.cid.encode()} for {step.key!r} is missing", step.cid
-                )
+                raise MissingBlock(f"record block {step.cid.encode()} for {step.key!r} is missing", step.cid)
 
     def _require_key(self) -> SigningKey:
         if self._signing_key is None:
@@ -677,9 +677,7 @@ class Repo:
                     new_root, height = mst_delete(self._cache, new_root, height, op.key)
         return new_root, height, list(records.values())
 
-    def _write_commit(
-        self, root: Node, records: list[tuple[CID, bytes]], key: SigningKey
-    ) -> _Written:
+    def _write_commit(self, root: Node, records: list[tuple[CID, bytes]], key: SigningKey) -> _Written:
         """Sign a commit over ``root`` and write it with the new blocks (inside a transaction).
 
         The caller passes the result to :meth:`_committed` once the
@@ -802,9 +800,7 @@ class _LoadedCar:
                 continue
             data = self.blocks.get(raw)
             if data is None:
-                raise MissingBlock(
-                    f"record {step.cid.encode()} for {step.key!r} is not in the CAR", step.cid
-                )
+                raise MissingBlock(f"record {step.cid.encode()} for {step.key!r} is not in the CAR", step.cid)
             records.add(raw)
             kept.append((step.cid, data))
         return kept

@@ -43,20 +43,12 @@ MAX_DID_LENGTH = 2048
 
 def is_valid_nsid(value: str) -> bool:
     """True for a syntactically valid NSID such as ``app.bsky.feed.post``."""
-    return (
-        isinstance(value, str)
-        and len(value) <= MAX_NSID_LENGTH
-        and _NSID.fullmatch(value) is not None
-    )
+    return isinstance(value, str) and len(value) <= MAX_NSID_LENGTH and _NSID.fullmatch(value) is not None
 
 
 def is_valid_record_key(value: str) -> bool:
     """True for a valid record key (1-512 allowed chars, not ``.`` or ``..``)."""
-    return (
-        isinstance(value, str)
-        and value not in (".", "..")
-        and _RECORD_KEY.fullmatch(value) is not None
-    )
+    return isinstance(value, str) and value not in (".", "..") and _RECORD_KEY.fullmatch(value) is not None
 
 
 def is_valid_mst_key(value: str) -> bool:
@@ -66,19 +58,13 @@ def is_valid_mst_key(value: str) -> bool:
     the stricter :func:`split_repo_path` rules.
     """
     return (
-        isinstance(value, str)
-        and len(value) <= MAX_MST_KEY_BYTES
-        and _MST_KEY.fullmatch(value) is not None
+        isinstance(value, str) and len(value) <= MAX_MST_KEY_BYTES and _MST_KEY.fullmatch(value) is not None
     )
 
 
 def is_valid_did(value: str) -> bool:
     """True for a syntactically valid DID."""
-    return (
-        isinstance(value, str)
-        and len(value) <= MAX_DID_LENGTH
-        and _DID.fullmatch(value) is not None
-    )
+    return isinstance(value, str) and len(value) <= MAX_DID_LENGTH and _DID.fullmatch(value) is not None
 
 
 def is_valid_tid(value: str) -> bool:

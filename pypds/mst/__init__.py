@@ -47,7 +47,7 @@ the tree height (itself bounded by :data:`pypds.limits.MAX_MST_DEPTH`).
 
 from .build import build_tree
 from .edit import delete, put
-from .node import Node, empty_node,  NodeSource, decode_node, encode_node, key_height
+from .node import Node, NodeSource, decode_node, empty_node, encode_node, key_height
 from .tree import MST, iter_range, lookup
 from .verify import TreeWalk, walk_tree
 

@@ -12,7 +12,7 @@ from bisect import bisect_left
 
 from ..cid import CID
 from ..errors import RecordNotFound
-from .node import Link, empty_node,  Node, NodeSource, key_height, resolve
+from .node import Link, Node, NodeSource, empty_node, key_height, resolve
 
 
 def _prune(node: Node) -> Node | None:
@@ -31,9 +31,7 @@ def put(source: NodeSource, root: Node, height: int, key: bytes, value: CID) -> 
     return _put_at(source, root, height, key, value, key_layer), height
 
 
-def _put_at(
-    source: NodeSource, node: Node, height: int, key: bytes, value: CID, key_layer: int
-) -> Node:
+def _put_at(source: NodeSource, node: Node, height: int, key: bytes, value: CID, key_layer: int) -> Node:
     keys, vals, links = node.keys, node.vals, node.links
     i = bisect_left(keys, key)
     if height == key_layer:
@@ -79,17 +77,14 @@ def delete(source: NodeSource, root: Node, height: int, key: bytes) -> tuple[Nod
     return new_root, height
 
 
-def _delete_at(
-    source: NodeSource, node: Node, height: int, key: bytes, key_layer: int
-) -> Node | None:
+def _delete_at(source: NodeSource, node: Node, height: int, key: bytes, key_layer: int) -> Node | None:
     keys, vals, links = node.keys, node.vals, node.links
     i = bisect_left(keys, key)
     if height == key_layer:
         if i == len(keys) or keys[i] != key:
             raise RecordNotFound(f"no record at {key.decode('utf-8', 'replace')}")
         joined = _merge(source, links[i], links[i + 1])
-        new = Node(keys[:i] + keys[i + 1 :], vals[:i] + vals[i + 1 :],
-                   links[:i] + (joined,) + links[i + 2 :])
+        new = Node(keys[:i] + keys[i + 1 :], vals[:i] + vals[i + 1 :], links[:i] + (joined,) + links[i + 2 :])
         return _prune(new)
     child = resolve(source, links[i])
     if child is None:

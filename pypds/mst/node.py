@@ -22,7 +22,7 @@ class Node:
     on first use and cached (the node is immutable).
     """
 
-    __slots__ = ("keys", "vals", "links", "_cid", "_data", "persisted")
+    __slots__ = ("_cid", "_data", "keys", "links", "persisted", "vals")
 
     def __init__(
         self,
@@ -119,9 +119,7 @@ def encode_node(node: Node) -> bytes:
     links = node.links
     for i, key in enumerate(node.keys):
         shared = common_prefix_len(prev, key)
-        entries.append(
-            {"k": key[shared:], "p": shared, "t": link_cid(links[i + 1]), "v": node.vals[i]}
-        )
+        entries.append({"k": key[shared:], "p": shared, "t": link_cid(links[i + 1]), "v": node.vals[i]})
         prev = key
     return cbrrr.encode_dag_cbor({"e": entries, "l": link_cid(links[0])})
 
@@ -146,9 +144,7 @@ def _check_value(value: object, where: str, index: int) -> CID:
     return value  # type: ignore[return-value]
 
 
-def decode_node(
-    data: bytes, cid: CID | None = None, limits: Limits = DEFAULT_LIMITS
-) -> Node:
+def decode_node(data: bytes, cid: CID | None = None, limits: Limits = DEFAULT_LIMITS) -> Node:
     """Decode and structurally check one MST node block.
 
     Checks the field set and types, link forms, prefix lengths, maximal
@@ -166,9 +162,7 @@ def decode_node(
     if type(entries) is not list:
         raise InvalidMst(f"MST node {where}: 'e' is not a list")
     if len(entries) > limits.max_mst_node_entries:
-        raise LimitExceeded(
-            "max_mst_node_entries", len(entries), limits.max_mst_node_entries, where
-        )
+        raise LimitExceeded("max_mst_node_entries", len(entries), limits.max_mst_node_entries, where)
     links: list[Link] = [_check_link(obj["l"], "'l'", where)]
     keys: list[bytes] = []
     vals: list[CID] = []

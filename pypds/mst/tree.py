@@ -121,9 +121,7 @@ class MST:
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self.get(key) is not None
 
-    def items(
-        self, prefix: str = "", *, reverse: bool = False
-    ) -> Iterator[tuple[str, CID]]:
+    def items(self, prefix: str = "", *, reverse: bool = False) -> Iterator[tuple[str, CID]]:
         """``(key, value)`` pairs in key order, optionally only under ``prefix``."""
         start = prefix.encode() if prefix else None
         stop = _prefix_end(start) if start else None

@@ -90,9 +90,7 @@ def walk_tree(
         stack.extend(pending)
 
 
-def _load(
-    get_block: GetBlock, cid: CID, parent: CID | None, limits: Limits, seen: set[bytes]
-) -> Node:
+def _load(get_block: GetBlock, cid: CID, parent: CID | None, limits: Limits, seen: set[bytes]) -> Node:
     if cid.cid_bytes in seen:
         raise InvalidMst(f"MST node {cid.encode()} is linked more than once")
     seen.add(cid.cid_bytes)
