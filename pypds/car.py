@@ -89,8 +89,7 @@ class _Input:
         start = self.offset
         if not self._fill(size):
             raise CarFormatError(
-                f"CAR truncated in the {what} at byte {start}: wanted {size} bytes, "
-                f"{len(self._buf) - self._pos} left"
+                f"CAR truncated in the {what} at byte {start}: wanted {size} bytes, {len(self._buf) - self._pos} left"
             )
         data = self._buf[self._pos : self._pos + size]
         self._pos += size

@@ -51,9 +51,7 @@ class Commit:
     def verify(self, key: PublicKey) -> None:
         """Raise BadSignature unless ``sig`` is a valid signature by ``key``."""
         if not key.verify(cbrrr.encode_dag_cbor(self.unsigned()), self.sig):
-            raise BadSignature(
-                f"commit rev {self.rev} of {self.did}: signature does not verify against {key.did_key}"
-            )
+            raise BadSignature(f"commit rev {self.rev} of {self.did}: signature does not verify against {key.did_key}")
 
 
 def sign_commit(did: str, data: CID, rev: str, key: SigningKey) -> tuple[Commit, bytes, CID]:

@@ -636,9 +636,7 @@ class Repo:
 
     def _require_key(self) -> SigningKey:
         if self._signing_key is None:
-            raise SigningKeyRequired(
-                f"repository at {self.path} has no signing key: pass signing_key= to Repo.open"
-            )
+            raise SigningKeyRequired(f"repository at {self.path} has no signing key: pass signing_key= to Repo.open")
         return self._signing_key
 
     def _commit_ops(self, ops: list[_Op]) -> CID:

@@ -138,9 +138,7 @@ class Store:
         return None
 
     def has_block(self, cid: CID) -> bool:
-        return (
-            self.conn.execute("SELECT 1 FROM blocks WHERE cid = ?", (cid.cid_bytes,)).fetchone() is not None
-        )
+        return self.conn.execute("SELECT 1 FROM blocks WHERE cid = ?", (cid.cid_bytes,)).fetchone() is not None
 
     def put_blocks(self, blocks: Iterable[tuple[CID, bytes]], rev: str) -> None:
         """Insert blocks (already hash-checked) not yet present, tagged with ``rev``."""
@@ -178,6 +176,4 @@ class Store:
         return self.conn.changes() > 0
 
     def list_refs(self) -> list[tuple[str, CID]]:
-        return [
-            (name, CID(cid)) for name, cid in self.conn.execute("SELECT name, cid FROM refs ORDER BY name")
-        ]
+        return [(name, CID(cid)) for name, cid in self.conn.execute("SELECT name, cid FROM refs ORDER BY name")]

@@ -57,9 +57,7 @@ def is_valid_mst_key(value: str) -> bool:
     This is the looser rule of the reference MST code; repository writes use
     the stricter :func:`split_repo_path` rules.
     """
-    return (
-        isinstance(value, str) and len(value) <= MAX_MST_KEY_BYTES and _MST_KEY.fullmatch(value) is not None
-    )
+    return isinstance(value, str) and len(value) <= MAX_MST_KEY_BYTES and _MST_KEY.fullmatch(value) is not None
 
 
 def is_valid_did(value: str) -> bool:

@@ -107,9 +107,7 @@ def test_insertion_in_any_order_gives_known_root(entry):
 
 def test_tricky_keys_match_independent_builders():
     # upstream skips this case; atmst and a second builder agree on this root (SOURCES.md)
-    entry = next(
-        e for e in load_json(REFERENCE / "mst_known_roots.json") if e["name"] == "indigo_tricky_keys"
-    )
+    entry = next(e for e in load_json(REFERENCE / "mst_known_roots.json") if e["name"] == "indigo_tricky_keys")
     root, _ = tree_of(entry["keys"])
     assert root.cid.encode() == "bafyreidpdwly35i6m5dmebtrum7dgxnlcliwidgrl6n4mheqrdpyyaarti"
 
@@ -153,9 +151,7 @@ def test_empty_intermediate_nodes_are_kept():
     root, _ = tree_of(entry["keys"])
     source = MemorySource()
     source.store(root)
-    keyless = [
-        s.node for s in walk_tree(source.get, root.cid, check_paths=False) if s.node and not s.node.keys
-    ]
+    keyless = [s.node for s in walk_tree(source.get, root.cid, check_paths=False) if s.node and not s.node.keys]
     assert keyless, "this fixture's tree has a key-less intermediate node"
     assert all(node.links[0] is not None for node in keyless)
 
@@ -243,9 +239,7 @@ def test_range_scan_equals_filtering_sorted_keys(keys, low, high, reverse):
     start, stop = (low.encode() or None), (high.encode() or None)
     got = [k for k, _ in iter_range(source, root.cid, start, stop, reverse=reverse)]
     expected = [
-        k
-        for k in sorted(x.encode() for x in keys)
-        if (start is None or k >= start) and (stop is None or k < stop)
+        k for k in sorted(x.encode() for x in keys) if (start is None or k >= start) and (stop is None or k < stop)
     ]
     assert got == (expected[::-1] if reverse else expected)
 

@@ -121,9 +121,7 @@ def _check_layer(node: Node, cid: CID, layer: int, limits: Limits) -> int:
     return layer
 
 
-def _check_keys(
-    node: Node, cid: CID, layer: int, low: bytes | None, high: bytes | None, check_paths: bool
-) -> None:
+def _check_keys(node: Node, cid: CID, layer: int, low: bytes | None, high: bytes | None, check_paths: bool) -> None:
     keys = node.keys
     if not keys:
         return
@@ -134,9 +132,7 @@ def _check_keys(
         raise InvalidMst(f"MST node {where}: key {keys[-1]!r} is outside its subtree range")
     for key in keys:
         if key_height(key) != layer:
-            raise InvalidMst(
-                f"MST node {where}: key {key!r} has height {key_height(key)}, node is on layer {layer}"
-            )
+            raise InvalidMst(f"MST node {where}: key {key!r} has height {key_height(key)}, node is on layer {layer}")
         if check_paths:
             try:
                 split_repo_path(key.decode("utf-8"))

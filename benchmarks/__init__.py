@@ -1,0 +1,1 @@
+"""pypds benchmarks: run with ``python -m benchmarks`` (see benchmarks/README.md)."""
