@@ -54,24 +54,34 @@ class _Input:
         self.offset = 0  # offset of self._buf[self._pos] in the stream
 
     def _fill(self, need: int) -> bool:
-        """Make at least ``need`` bytes available; False if the stream ends first."""
-        while len(self._buf) - self._pos < need:
-            chunk = self._stream.read(max(_CHUNK, need))
+        """Make at least ``need`` bytes available; False if the stream ends first.
+
+        Short reads are collected in a list and joined once, so a stream that
+        drips a few bytes at a time costs linear, not quadratic, time.
+        """
+        available = len(self._buf) - self._pos
+        if available >= need:
+            return True
+        parts = [self._buf[self._pos :]]
+        while available < need:
+            chunk = self._stream.read(max(_CHUNK, need - available))
             if not chunk:
-                return False
-            self._buf = self._buf[self._pos :] + chunk
-            self._pos = 0
-        return True
+                break
+            parts.append(chunk)
+            available += len(chunk)
+        self._buf = b"".join(parts)
+        self._pos = 0
+        return available >= need
 
     def at_end(self) -> bool:
         return not self._fill(1)
 
     def read_varint(self, what: str) -> int:
         start = self.offset
-        self._fill(_MAX_VARINT_BYTES + 1)
+        self._fill(_MAX_VARINT_BYTES)
         buf, pos = self._buf, self._pos
         value = shift = 0
-        for i in range(_MAX_VARINT_BYTES + 1):
+        for i in range(_MAX_VARINT_BYTES):
             if pos + i >= len(buf):
                 raise CarFormatError(f"CAR truncated inside the {what} varint at byte {start}")
             byte = buf[pos + i]

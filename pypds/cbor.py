@@ -16,7 +16,7 @@ from typing import Any
 
 import cbrrr
 
-from .cid import CID
+from .cid import CID, is_well_formed_cid, link_from_bytes
 from .errors import InvalidCbor, InvalidRecord, LimitExceeded
 from .limits import DEFAULT_LIMITS, Limits
 
@@ -40,7 +40,7 @@ def encode(value: Any) -> bytes:
 def decode(data: bytes, where: str = "") -> Any:
     """Decode one canonical DAG-CBOR value; anything else raises InvalidCbor."""
     try:
-        return cbrrr.decode_dag_cbor(data)
+        return cbrrr.decode_dag_cbor(data, cid_ctor=link_from_bytes)
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         at = f" in {where}" if where else ""
         raise InvalidCbor(f"invalid DAG-CBOR{at}: {exc}") from None
@@ -65,6 +65,8 @@ def check_data_model(value: Any, where: str = "", limits: Limits = DEFAULT_LIMIT
                 if type(key) is not str:
                     raise InvalidRecord(f"map key is not a string{at}: {key!r}")
                 stack.append((sub, depth + 1))
+            if "$type" in item:
+                _check_typed_object(item, at)
         elif kind is list:
             if depth >= max_depth:
                 raise LimitExceeded("max_cbor_depth", depth + 1, max_depth, where)
@@ -74,10 +76,29 @@ def check_data_model(value: Any, where: str = "", limits: Limits = DEFAULT_LIMIT
         elif kind is int:
             if not -(1 << 63) <= item < (1 << 63):
                 raise InvalidRecord(f"integer out of the 64-bit signed range{at}: {item}")
-        elif item is None or kind in (str, bytes, bool, CID):
+        elif kind is CID:
+            if not is_well_formed_cid(item.cid_bytes):
+                raise InvalidRecord(f"link is not a valid CIDv1{at}: {item.cid_bytes[:8].hex()}")
+        elif item is None or kind in (str, bytes, bool):
             continue
         else:
             raise InvalidRecord(f"unsupported value type {kind.__name__}{at}")
+
+
+def _check_typed_object(item: dict, at: str) -> None:
+    """``$type`` must be a non-empty string; typed blob references must be well formed."""
+    type_name = item["$type"]
+    if type(type_name) is not str or not type_name:
+        raise InvalidRecord(f"$type must be a non-empty string{at}, not {type_name!r}")
+    if type_name != "blob":
+        return
+    ref, mime, size = item.get("ref"), item.get("mimeType"), item.get("size")
+    if type(ref) is not CID:
+        raise InvalidRecord(f"blob reference{at} lacks a CID 'ref'")
+    if type(mime) is not str or not mime:
+        raise InvalidRecord(f"blob reference{at} lacks a string 'mimeType'")
+    if type(size) is not int or size < 0:
+        raise InvalidRecord(f"blob reference{at} has no valid integer 'size': {size!r}")
 
 
 def _check_record_shape(value: Any, where: str) -> None:

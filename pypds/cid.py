@@ -55,6 +55,42 @@ def is_dag_cbor(cid: CID) -> bool:
     return len(raw) == CID_LENGTH and raw[:4] == DAG_CBOR_PREFIX
 
 
+def _read_varint(raw: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    for i in range(pos, min(len(raw), pos + 9)):
+        byte = raw[i]
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, i + 1
+        shift += 7
+    raise ValueError("bad varint")
+
+
+def is_well_formed_cid(raw: bytes) -> bool:
+    """True if ``raw`` is a structurally valid binary CIDv1 (any codec and hash).
+
+    Records may link to any CIDv1; the repository structure itself (commit,
+    MST) only uses the two sha2-256 forms, checked by :func:`check_cid_bytes`.
+    """
+    if len(raw) == CID_LENGTH and raw[:4] in (DAG_CBOR_PREFIX, RAW_PREFIX):
+        return True
+    try:
+        version, pos = _read_varint(raw, 0)
+        _codec, pos = _read_varint(raw, pos)
+        _hash, pos = _read_varint(raw, pos)
+        size, pos = _read_varint(raw, pos)
+    except ValueError:
+        return False
+    return version == 1 and size > 0 and len(raw) - pos == size
+
+
+def link_from_bytes(raw: bytes) -> CID:
+    """CID constructor for decoding: rejects tag-42 payloads that are not CIDv1."""
+    if not is_well_formed_cid(raw):
+        raise ValueError(f"tag 42 link is not a valid CIDv1: {bytes(raw[:8]).hex()}")
+    return CID(raw)
+
+
 def check_cid_bytes(raw: bytes, where: str = "", *, allow_raw: bool = True) -> None:
     """Raise :class:`InvalidCid` unless ``raw`` is a binary CID pypds accepts."""
     if len(raw) == CID_LENGTH and (raw[:4] == DAG_CBOR_PREFIX or (allow_raw and raw[:4] == RAW_PREFIX)):

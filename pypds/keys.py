@@ -130,6 +130,7 @@ class K256SigningKey(SigningKey):
     curve = "k256"
 
     def __init__(self, secret: bytes) -> None:
+        _check_secret(secret, "secp256k1")
         try:
             self._key = coincurve.PrivateKey(bytes(secret))
         except (ValueError, TypeError) as exc:
@@ -158,6 +159,7 @@ class P256SigningKey(SigningKey):
     curve = "p256"
 
     def __init__(self, secret: bytes) -> None:
+        _check_secret(secret, "P-256")
         try:
             self._key = ec.derive_private_key(int.from_bytes(secret, "big"), ec.SECP256R1())
         except (ValueError, TypeError) as exc:
@@ -185,6 +187,11 @@ class P256SigningKey(SigningKey):
     @property
     def public_key(self) -> PublicKey:
         return self._public
+
+
+def _check_secret(secret: object, curve: str) -> None:
+    if not isinstance(secret, (bytes, bytearray)) or len(secret) != 32:
+        raise InvalidSigningKey(f"a {curve} private key must be exactly 32 bytes")
 
 
 KeyInput = SigningKey | bytes | str

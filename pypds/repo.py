@@ -23,12 +23,13 @@ from typing import Any, BinaryIO, NamedTuple, TypeVar
 from . import cbor
 from .blobs import BlobRef, BlobStore
 from .car import CarReader, CarSource, CarWriter, write_car_file
-from .cid import CID, cid_for_cbor, parse_cid, verify_block
+from .cid import CID, cid_for_cbor, is_dag_cbor, parse_cid, verify_block
 from .commit import Commit, decode_commit, sign_commit
 from .errors import (
     DidMismatch,
     InvalidCbor,
     InvalidInput,
+    InvalidMst,
     InvalidRecord,
     LimitExceeded,
     MissingBlock,
@@ -237,6 +238,7 @@ class Repo:
         directory = Path(path)
         key = generate_signing_key() if signing_key is None else load_signing_key(signing_key)
         keep_key = signing_key is None if store_key is None else store_key
+        created = _first_missing_dir(directory)
         store = Store.create(directory, durability=durability, busy_timeout=busy_timeout)
         try:
             with store.transaction():
@@ -249,7 +251,7 @@ class Repo:
             repo._set_state(written.commit, written.rev, root, 0)
         except BaseException:
             store.close()
-            _remove_store_files(directory)
+            _remove_store_files(directory, created)
             raise
         return repo
 
@@ -297,7 +299,7 @@ class Repo:
         loaded = _LoadedCar.read(car, limits)
         commit = loaded.commit()
         directory = Path(path)
-        existed = directory.exists()
+        created = _first_missing_dir(directory)
         store = Store.create(directory, durability=durability, busy_timeout=busy_timeout)
         try:
             signer = load_signing_key(signing_key) if signing_key is not None else None
@@ -309,7 +311,7 @@ class Repo:
             repo._refresh(force=True)
         except BaseException:
             store.close()
-            _remove_store_files(directory, remove_dir=not existed)
+            _remove_store_files(directory, created)
             raise
         return repo
 
@@ -799,9 +801,21 @@ class _LoadedCar:
             data = self.blocks.get(raw)
             if data is None:
                 raise MissingBlock(f"record {step.cid.encode()} for {step.key!r} is not in the CAR", step.cid)
+            _check_record(step.cid, step.key, data, limits)
             records.add(raw)
             kept.append((step.cid, data))
         return kept
+
+
+def _check_record(cid: CID, key: bytes | None, data: bytes, limits: Limits) -> None:
+    """A record reached from the tree must be a dag-cbor block holding a valid record."""
+    path = (key or b"").decode("utf-8", "replace")
+    if not is_dag_cbor(cid):
+        raise InvalidMst(f"record {cid.encode()} at {path}: value CID is not dag-cbor sha2-256")
+    try:
+        cbor.decode_record(data, path, limits)
+    except (InvalidCbor, InvalidRecord) as exc:
+        raise type(exc)(f"record {cid.encode()}: {exc}") from None
 
 
 def _unpersisted_nodes(root: Node) -> list[Node]:
@@ -843,11 +857,21 @@ def _check_ref_name(name: str) -> str:
     return name
 
 
-def _remove_store_files(directory: Path, remove_dir: bool = False) -> None:
-    """Remove what a failed create left behind."""
+def _first_missing_dir(directory: Path) -> Path | None:
+    """The outermost directory on the way to ``directory`` that does not exist yet."""
+    missing = None
+    current = directory.absolute()
+    while not current.exists():
+        missing = current
+        current = current.parent
+    return missing
+
+
+def _remove_store_files(directory: Path, created: Path | None) -> None:
+    """Remove what a failed create left behind, including directories it made."""
     for suffix in ("", "-wal", "-shm", "-journal"):
         target = directory / f"pds.db{suffix}"
         if target.exists():
             target.unlink()
-    if remove_dir and directory.exists():
-        shutil.rmtree(directory)
+    if created is not None and created.exists():
+        shutil.rmtree(created)

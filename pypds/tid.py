@@ -15,21 +15,24 @@ from __future__ import annotations
 import secrets
 import time
 
+from .errors import InvalidTid
 from .syntax import check_tid
 
 __all__ = ["encode_tid", "decode_tid", "TidClock"]
 
 _ALPHABET = "234567abcdefghijklmnopqrstuvwxyz"
 _VALUES = {ch: i for i, ch in enumerate(_ALPHABET)}
-_MAX_MICROS = (1 << 53) - 1
+# The TID syntax admits first characters up to "j", i.e. 64-bit values with the
+# top bit set: support the whole 13-character range rather than fail on it.
+_MAX_MICROS = (1 << 54) - 1
 
 
 def encode_tid(micros: int, clock_id: int = 0) -> str:
     """Encode microseconds since the epoch and a 10-bit clock id as a TID."""
     if not 0 <= micros <= _MAX_MICROS:
-        raise ValueError(f"TID timestamp out of range: {micros}")
+        raise InvalidTid(f"TID timestamp out of range: {micros}")
     if not 0 <= clock_id < 1024:
-        raise ValueError(f"TID clock id out of range: {clock_id}")
+        raise InvalidTid(f"TID clock id out of range: {clock_id}")
     value = (micros << 10) | clock_id
     chars = []
     for _ in range(13):
@@ -51,6 +54,8 @@ class TidClock:
     """Issues strictly increasing TIDs for one repository."""
 
     def __init__(self, clock_id: int | None = None, last: str | None = None) -> None:
+        if clock_id is not None and not 0 <= clock_id < 1024:
+            raise InvalidTid(f"TID clock id out of range: {clock_id}")
         self.clock_id = secrets.randbelow(1024) if clock_id is None else clock_id
         self._last_micros = -1
         if last is not None:
