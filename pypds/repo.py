@@ -21,17 +21,16 @@ from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple, TypeVar
 
 from . import cbor
+from .batch import Batch, WriteOp
 from .blobs import BlobRef, BlobStore
-from .car import CarReader, CarSource, CarWriter, write_car_file
-from .cid import CID, cid_for_cbor, is_dag_cbor, parse_cid, verify_block
+from .blockstore import BlockStore
+from .car import CarSource, CarWriter, write_car_file
+from .car_import import LoadedCar
+from .cid import CID, parse_cid
 from .commit import Commit, decode_commit, sign_commit
 from .errors import (
     DidMismatch,
-    InvalidCbor,
     InvalidInput,
-    InvalidMst,
-    InvalidRecord,
-    LimitExceeded,
     MissingBlock,
     RecordNotFound,
     RefNotFound,
@@ -40,9 +39,10 @@ from .errors import (
 )
 from .keys import PublicKey, SigningKey, generate_signing_key, load_public_key, load_signing_key
 from .limits import DEFAULT_LIMITS, Limits
-from .mst import MST, Node, build_tree, decode_node, empty_node, iter_range, key_height, lookup
+from .mst import MST, Node, build_tree, empty_node, iter_range, key_height, lookup
 from .mst import delete as mst_delete
 from .mst import put as mst_put
+from .mst.cache import NodeCache
 from .mst.verify import walk_tree
 from .store import Store
 from .syntax import check_collection, check_did, check_record_key, repo_path
@@ -52,8 +52,6 @@ __all__ = ["Repo", "Batch", "BlockStore"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Decoded MST nodes kept in memory per open repository.
-NODE_CACHE_SIZE = 200_000
 #: A batch on an empty tree with at least this many writes is built bottom-up.
 BULK_BUILD_THRESHOLD = 64
 
@@ -69,116 +67,6 @@ def _public(method: F) -> F:
             return method(self, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
-
-
-class _NodeCache:
-    """Decoded MST nodes by CID, read through from the block store."""
-
-    def __init__(self, get_block: Callable[[CID], bytes | None], limits: Limits) -> None:
-        self._get_block = get_block
-        self._limits = limits
-        self._nodes: dict[bytes, Node] = {}
-
-    def load_node(self, cid: CID) -> Node:
-        node = self._nodes.get(cid.cid_bytes)
-        if node is None:
-            data = self._get_block(cid)
-            if data is None:
-                raise MissingBlock(f"missing MST node {cid.encode()}", cid)
-            node = decode_node(data, cid, self._limits)
-            self.add(node)
-        return node
-
-    def add(self, node: Node) -> None:
-        if len(self._nodes) >= NODE_CACHE_SIZE:
-            self._nodes.clear()
-        self._nodes[node.cid.cid_bytes] = node
-
-
-class _Op:
-    __slots__ = ("key", "record")
-
-    def __init__(self, key: bytes, record: tuple[CID, bytes] | None) -> None:
-        self.key = key
-        self.record = record  # None for a delete
-
-
-class Batch:
-    """Writes collected by ``with repo.batch() as b:`` and committed as one commit.
-
-    After the block ends without an exception, ``b.commit`` is the new
-    commit's CID (None if the batch was empty).
-    """
-
-    def __init__(self, limits: Limits) -> None:
-        self._limits = limits
-        self.ops: list[_Op] = []
-        self.commit: CID | None = None
-
-    def put(self, collection: str, rkey: str, record: dict | bytes) -> CID:
-        """Create or replace a record; returns the record's CID."""
-        path = repo_path(collection, rkey)
-        data = _record_bytes(record, path, self._limits)
-        cid = cid_for_cbor(data)
-        self.ops.append(_Op(path.encode(), (cid, data)))
-        return cid
-
-    def delete(self, collection: str, rkey: str) -> None:
-        """Delete a record (the commit fails with RecordNotFound if it is absent)."""
-        self.ops.append(_Op(repo_path(collection, rkey).encode(), None))
-
-
-def _record_bytes(record: dict | bytes, path: str, limits: Limits) -> bytes:
-    if isinstance(record, (bytes, bytearray, memoryview)):
-        data = bytes(record)
-        try:
-            cbor.decode_record(data, path, limits)
-        except InvalidCbor as exc:
-            raise InvalidRecord(str(exc)) from None
-        return data
-    if isinstance(record, dict):
-        return cbor.encode_record(record, path, limits)
-    raise InvalidRecord(f"record {path} must be a dict or DAG-CBOR bytes, not {type(record).__name__}")
-
-
-class BlockStore:
-    """Raw access to the repository's blocks (``repo.blockstore``)."""
-
-    def __init__(self, repo: Repo) -> None:
-        self._repo = repo
-
-    def get(self, cid: CID | str) -> bytes | None:
-        """A block's bytes, or None."""
-        return self._repo._store_or_raise().get_block(parse_cid(cid))
-
-    def has(self, cid: CID | str) -> bool:
-        """True if the block is stored."""
-        return self._repo._store_or_raise().has_block(parse_cid(cid))
-
-    def __contains__(self, cid: object) -> bool:
-        return isinstance(cid, (CID, str)) and self.has(cid)
-
-    def put(self, data: bytes, cid: CID | str | None = None) -> CID:
-        """Store a DAG-CBOR block; when ``cid`` is given the bytes must hash to it."""
-        data = bytes(data)
-        cbor.decode(data, "block")
-        if cid is None:
-            cid = cid_for_cbor(data)
-        else:
-            cid = parse_cid(cid, allow_raw=False)
-            verify_block(cid, data)
-        repo = self._repo
-        with repo._lock:
-            store = repo._store_or_raise()
-            with store.transaction():
-                store.put_blocks([(cid, data)], repo._rev)
-        return cid
-
-    def __iter__(self) -> Iterator[tuple[CID, bytes]]:
-        return self._repo._store_or_raise().iter_blocks()
-
-    def __len__(self) -> int:
-        return self._repo._store_or_raise().count_blocks()
 
 
 class Repo:
@@ -202,7 +90,7 @@ class Repo:
         self._lock = threading.RLock()
         self._limits = limits
         self._blobs = BlobStore(path / "blobs")
-        self._cache = _NodeCache(store.get_block, limits)
+        self._cache = NodeCache(store.get_block, limits)
         self._signing_key = signing_key
         self._did = str(store.get_meta("did"))
         self._clock = TidClock(clock_id=_int_meta(store, "clock_id"))
@@ -296,7 +184,7 @@ class Repo:
         signature. ``signing_key`` is used for later writes (not stored).
         On any failure nothing is left behind at ``path``.
         """
-        loaded = _LoadedCar.read(car, limits)
+        loaded = LoadedCar.read(car, limits)
         commit = loaded.commit()
         directory = Path(path)
         created = _first_missing_dir(directory)
@@ -555,7 +443,7 @@ class Repo:
         one transaction. On failure the store is unchanged. Returns the
         number of blocks kept (commit, MST nodes, records).
         """
-        loaded = _LoadedCar.read(source, self._limits)
+        loaded = LoadedCar.read(source, self._limits)
         store = self._store_or_raise()
         with store.transaction():
             count = self._import_loaded(loaded, key)
@@ -641,7 +529,7 @@ class Repo:
             raise SigningKeyRequired(f"repository at {self.path} has no signing key: pass signing_key= to Repo.open")
         return self._signing_key
 
-    def _commit_ops(self, ops: list[_Op]) -> CID:
+    def _commit_ops(self, ops: list[WriteOp]) -> CID:
         """Apply ops to the tree at HEAD and write them as one signed commit."""
         key = self._require_key()
         store = self._store_or_raise()
@@ -654,7 +542,7 @@ class Repo:
         self._seen_version = store.data_version()
         return written.commit
 
-    def _apply_ops(self, ops: list[_Op]) -> tuple[Node, int, list[tuple[CID, bytes]]]:
+    def _apply_ops(self, ops: list[WriteOp]) -> tuple[Node, int, list[tuple[CID, bytes]]]:
         records: dict[bytes, tuple[CID, bytes]] = {}
         for op in ops:
             if op.record is not None:
@@ -707,7 +595,7 @@ class Repo:
         if last is None or rev > str(last):
             store.set_meta("last_rev", rev)
 
-    def _import_loaded(self, loaded: _LoadedCar, key: PublicKey | SigningKey | str | None) -> int:
+    def _import_loaded(self, loaded: LoadedCar, key: PublicKey | SigningKey | str | None) -> int:
         """Check a loaded CAR against this repo and write it (inside a transaction)."""
         commit = loaded.commit()
         if commit.did != self._did:
@@ -755,67 +643,6 @@ class _Written(NamedTuple):
     commit: CID
     rev: str
     nodes: list[Node]
-
-
-class _LoadedCar:
-    """A CAR read fully into memory, every block hash-checked."""
-
-    def __init__(self, root: CID, blocks: dict[bytes, bytes]) -> None:
-        self.root = root
-        self.blocks = blocks
-
-    @classmethod
-    def read(cls, source: CarSource, limits: Limits) -> _LoadedCar:
-        blocks: dict[bytes, bytes] = {}
-        total = 0
-        with CarReader(source, limits=limits) as reader:
-            for cid, data in reader:
-                total += len(data)
-                if total > limits.max_import_bytes:
-                    raise LimitExceeded("max_import_bytes", total, limits.max_import_bytes)
-                blocks[cid.cid_bytes] = data
-                if len(blocks) > limits.max_import_blocks:
-                    raise LimitExceeded("max_import_blocks", len(blocks), limits.max_import_blocks)
-            return cls(reader.roots[0], blocks)
-
-    def get(self, cid: CID) -> bytes | None:
-        return self.blocks.get(cid.cid_bytes)
-
-    def commit(self) -> Commit:
-        data = self.get(self.root)
-        if data is None:
-            raise MissingBlock(f"CAR root commit {self.root.encode()} is not in the CAR", self.root)
-        return decode_commit(data, self.root)
-
-    def tree_blocks(self, commit: Commit, limits: Limits) -> list[tuple[CID, bytes]]:
-        """Walk and check the commit's tree; the blocks it reaches, commit first."""
-        kept = [(self.root, self.blocks[self.root.cid_bytes])]
-        records: set[bytes] = set()
-        for step in walk_tree(self.get, commit.data, limits=limits):
-            if step.node is not None:
-                kept.append((step.cid, step.node.data))
-                continue
-            raw = step.cid.cid_bytes
-            if raw in records:
-                continue
-            data = self.blocks.get(raw)
-            if data is None:
-                raise MissingBlock(f"record {step.cid.encode()} for {step.key!r} is not in the CAR", step.cid)
-            _check_record(step.cid, step.key, data, limits)
-            records.add(raw)
-            kept.append((step.cid, data))
-        return kept
-
-
-def _check_record(cid: CID, key: bytes | None, data: bytes, limits: Limits) -> None:
-    """A record reached from the tree must be a dag-cbor block holding a valid record."""
-    path = (key or b"").decode("utf-8", "replace")
-    if not is_dag_cbor(cid):
-        raise InvalidMst(f"record {cid.encode()} at {path}: value CID is not dag-cbor sha2-256")
-    try:
-        cbor.decode_record(data, path, limits)
-    except (InvalidCbor, InvalidRecord) as exc:
-        raise type(exc)(f"record {cid.encode()}: {exc}") from None
 
 
 def _unpersisted_nodes(root: Node) -> list[Node]:

@@ -1,0 +1,61 @@
+"""Write batches: puts and deletes collected for one commit.
+
+``Repo.batch()`` hands out a :class:`Batch`; each ``put`` validates and
+encodes its record at once (so a bad record fails inside the ``with``
+block), and the repository applies every collected :class:`WriteOp` in
+one signed commit when the block ends.
+"""
+
+from __future__ import annotations
+
+from . import cbor
+from .cid import CID, cid_for_cbor
+from .errors import InvalidCbor, InvalidRecord
+from .limits import Limits
+from .syntax import repo_path
+
+
+class WriteOp:
+    __slots__ = ("key", "record")
+
+    def __init__(self, key: bytes, record: tuple[CID, bytes] | None) -> None:
+        self.key = key
+        self.record = record  # None for a delete
+
+
+class Batch:
+    """Writes collected by ``with repo.batch() as b:`` and committed as one commit.
+
+    After the block ends without an exception, ``b.commit`` is the new
+    commit's CID (None if the batch was empty).
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
+        self.ops: list[WriteOp] = []
+        self.commit: CID | None = None
+
+    def put(self, collection: str, rkey: str, record: dict | bytes) -> CID:
+        """Create or replace a record; returns the record's CID."""
+        path = repo_path(collection, rkey)
+        data = record_bytes(record, path, self._limits)
+        cid = cid_for_cbor(data)
+        self.ops.append(WriteOp(path.encode(), (cid, data)))
+        return cid
+
+    def delete(self, collection: str, rkey: str) -> None:
+        """Delete a record (the commit fails with RecordNotFound if it is absent)."""
+        self.ops.append(WriteOp(repo_path(collection, rkey).encode(), None))
+
+
+def record_bytes(record: dict | bytes, path: str, limits: Limits) -> bytes:
+    if isinstance(record, (bytes, bytearray, memoryview)):
+        data = bytes(record)
+        try:
+            cbor.decode_record(data, path, limits)
+        except InvalidCbor as exc:
+            raise InvalidRecord(str(exc)) from None
+        return data
+    if isinstance(record, dict):
+        return cbor.encode_record(record, path, limits)
+    raise InvalidRecord(f"record {path} must be a dict or DAG-CBOR bytes, not {type(record).__name__}")

@@ -1,0 +1,79 @@
+"""Reading and checking a full repository CAR before anything is stored.
+
+:class:`LoadedCar` reads a CAR into memory (every block hash-checked by the
+reader, bounded by :mod:`pypds.limits`), decodes its root commit, and walks
+the commit's MST from those blocks alone, checking every MST rule, that
+every node and record is present, and that every record is a valid atproto
+record. What it returns is exactly the set of blocks to store.
+"""
+
+from __future__ import annotations
+
+from . import cbor
+from .car import CarReader, CarSource
+from .cid import CID, is_dag_cbor
+from .commit import Commit, decode_commit
+from .errors import InvalidCbor, InvalidMst, InvalidRecord, LimitExceeded, MissingBlock
+from .limits import Limits
+from .mst.verify import walk_tree
+
+
+class LoadedCar:
+    """A CAR read fully into memory, every block hash-checked."""
+
+    def __init__(self, root: CID, blocks: dict[bytes, bytes]) -> None:
+        self.root = root
+        self.blocks = blocks
+
+    @classmethod
+    def read(cls, source: CarSource, limits: Limits) -> LoadedCar:
+        blocks: dict[bytes, bytes] = {}
+        total = 0
+        with CarReader(source, limits=limits) as reader:
+            for cid, data in reader:
+                total += len(data)
+                if total > limits.max_import_bytes:
+                    raise LimitExceeded("max_import_bytes", total, limits.max_import_bytes)
+                blocks[cid.cid_bytes] = data
+                if len(blocks) > limits.max_import_blocks:
+                    raise LimitExceeded("max_import_blocks", len(blocks), limits.max_import_blocks)
+            return cls(reader.roots[0], blocks)
+
+    def get(self, cid: CID) -> bytes | None:
+        return self.blocks.get(cid.cid_bytes)
+
+    def commit(self) -> Commit:
+        data = self.get(self.root)
+        if data is None:
+            raise MissingBlock(f"CAR root commit {self.root.encode()} is not in the CAR", self.root)
+        return decode_commit(data, self.root)
+
+    def tree_blocks(self, commit: Commit, limits: Limits) -> list[tuple[CID, bytes]]:
+        """Walk and check the commit's tree; the blocks it reaches, commit first."""
+        kept = [(self.root, self.blocks[self.root.cid_bytes])]
+        records: set[bytes] = set()
+        for step in walk_tree(self.get, commit.data, limits=limits):
+            if step.node is not None:
+                kept.append((step.cid, step.node.data))
+                continue
+            raw = step.cid.cid_bytes
+            if raw in records:
+                continue
+            data = self.blocks.get(raw)
+            if data is None:
+                raise MissingBlock(f"record {step.cid.encode()} for {step.key!r} is not in the CAR", step.cid)
+            check_record(step.cid, step.key, data, limits)
+            records.add(raw)
+            kept.append((step.cid, data))
+        return kept
+
+
+def check_record(cid: CID, key: bytes | None, data: bytes, limits: Limits) -> None:
+    """A record reached from the tree must be a dag-cbor block holding a valid record."""
+    path = (key or b"").decode("utf-8", "replace")
+    if not is_dag_cbor(cid):
+        raise InvalidMst(f"record {cid.encode()} at {path}: value CID is not dag-cbor sha2-256")
+    try:
+        cbor.decode_record(data, path, limits)
+    except (InvalidCbor, InvalidRecord) as exc:
+        raise type(exc)(f"record {cid.encode()}: {exc}") from None
