@@ -8,6 +8,8 @@ import os
 import apsw
 import dag_cbor
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pypds import (
     CID,
@@ -565,3 +567,37 @@ def test_checkout_view(repo):
     keys = [k for k, _ in view]
     assert keys == sorted(keys)
     assert isinstance(view.root, CID)
+
+
+# -- property: any write history gives the root of its final record set ---------------------
+
+
+_RKEYS = st.sampled_from([f"3k{c}{d}aaaaaaaaa" for c in "234567abc" for d in "defgh"])
+_OPS = st.lists(st.tuples(st.sampled_from(["put", "delete", "batch"]), _RKEYS, st.integers(0, 3)), max_size=25)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(_OPS)
+def test_any_write_history_gives_the_root_of_the_final_record_set(tmp_path_factory, ops):
+    path = tmp_path_factory.mktemp("prop") / "r"
+    present: dict[str, dict] = {}
+    with Repo.create(path, DID, durability="normal") as repo:
+        for action, rkey, n in ops:
+            if action == "put":
+                repo.put(POST, rkey, post(n))
+                present[rkey] = post(n)
+            elif action == "delete" and rkey in present:
+                repo.delete(POST, rkey)
+                del present[rkey]
+            elif action == "batch":
+                with repo.batch() as batch:
+                    batch.put(POST, rkey, post(n + 1))
+                    present[rkey] = post(n + 1)
+                    for other in sorted(present)[:2]:
+                        if other != rkey:
+                            batch.delete(POST, other)
+                            del present[other]
+        items = sorted((f"{POST}/{k}".encode(), cid_for_cbor(dag_cbor.encode(v))) for k, v in present.items())
+        assert repo.checkout().root == build_tree(items)[0].cid
+        assert {k: repo.find(POST, k) for k in present} == present
+        repo._check_complete(repo.checkout().root)  # every node and record of HEAD is stored
