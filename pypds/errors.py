@@ -31,7 +31,8 @@ key or byte offset at fault.
         ├── RepoExists
         ├── RepoNotFound
         ├── SchemaVersionError
-        └── SigningKeyRequired
+        ├── SigningKeyRequired
+        └── RepoBusy            another writer held the lock past the timeout
 """
 
 from __future__ import annotations
@@ -157,3 +158,7 @@ class SchemaVersionError(RepoStateError):
 
 class SigningKeyRequired(RepoStateError):
     """A write needs a signing key, but the repository has none."""
+
+
+class RepoBusy(RepoStateError):
+    """Another connection held the write lock for longer than ``busy_timeout``."""

@@ -24,7 +24,7 @@ from pathlib import Path
 import apsw
 
 from .cid import CID
-from .errors import RepoExists, RepoNotFound, SchemaVersionError
+from .errors import RepoBusy, RepoExists, RepoNotFound, SchemaVersionError
 
 __all__ = ["Store", "SCHEMA_VERSION", "DB_NAME"]
 
@@ -43,8 +43,10 @@ _SYNC = {"full": "FULL", "normal": "NORMAL"}
 class Store:
     """One ``pds.db`` connection."""
 
-    def __init__(self, conn: apsw.Connection) -> None:
+    def __init__(self, conn: apsw.Connection, path: Path) -> None:
         self.conn = conn
+        self.path = path
+        self.busy_timeout = 0.0
         self._get = "SELECT data FROM blocks WHERE cid = ?"
 
     @classmethod
@@ -54,7 +56,7 @@ class Store:
             raise RepoExists(f"a repository already exists at {directory}")
         directory.mkdir(parents=True, exist_ok=True)
         conn = apsw.Connection(str(path))
-        store = cls(conn)
+        store = cls(conn, path)
         store._configure(durability, busy_timeout)
         return store
 
@@ -69,7 +71,7 @@ class Store:
         if not path.is_file():
             raise RepoNotFound(f"no repository at {directory} ({DB_NAME} not found)")
         conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
-        store = cls(conn)
+        store = cls(conn, path)
         try:
             version = store._scalar("PRAGMA user_version")
         except apsw.Error as exc:
@@ -90,6 +92,7 @@ class Store:
     def _configure(self, durability: str, busy_timeout: float) -> None:
         if durability not in _SYNC:
             raise ValueError(f"durability must be 'full' or 'normal', not {durability!r}")
+        self.busy_timeout = busy_timeout
         self.conn.set_busy_timeout(int(busy_timeout * 1000))
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute(f"PRAGMA synchronous = {_SYNC[durability]}")
@@ -105,8 +108,16 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """A write transaction (BEGIN IMMEDIATE): all of it commits, or none."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        """A write transaction (BEGIN IMMEDIATE): all of it commits, or none.
+
+        Waits up to the busy timeout for another writer, then raises RepoBusy.
+        """
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except apsw.BusyError:
+            raise RepoBusy(
+                f"{self.path}: another writer holds the lock (waited {self.busy_timeout:g} s)"
+            ) from None
         try:
             yield
         except BaseException:

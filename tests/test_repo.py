@@ -601,3 +601,18 @@ def test_any_write_history_gives_the_root_of_the_final_record_set(tmp_path_facto
         assert repo.checkout().root == build_tree(items)[0].cid
         assert {k: repo.find(POST, k) for k in present} == present
         repo._check_complete(repo.checkout().root)  # every node and record of HEAD is stored
+
+
+def test_writer_blocked_past_busy_timeout_gets_repo_busy(repo):
+    from pypds import RepoBusy
+
+    with Repo.open(repo.path, busy_timeout=0.2) as other:
+        repo._store.conn.execute("BEGIN IMMEDIATE")  # hold the write lock, as a long commit would
+        try:
+            before = other.head
+            with pytest.raises(RepoBusy, match="another writer"):
+                other.put(POST, "a", post(1))
+            assert other.head == before  # reads are not blocked by a writer (WAL)
+        finally:
+            repo._store.conn.execute("ROLLBACK")
+        other.put(POST, "a", post(1))
