@@ -53,12 +53,17 @@ from .keys import (
 from .limits import Limits
 from .mst import MST
 from .repo import Batch, BlockStore, Repo
+from .verify import Check, Outcome, VerifyReport, verify_car
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BadSignature",
     "Batch",
+    "Check",
+    "Outcome",
+    "VerifyReport",
+    "verify_car",
     "BlobRef",
     "BlockHashMismatch",
     "BlockStore",

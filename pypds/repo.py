@@ -47,6 +47,7 @@ from .mst.verify import walk_tree
 from .store import Store
 from .syntax import check_collection, check_did, check_record_key, repo_path
 from .tid import TidClock
+from .verify import VerifyReport, check_blob_files, verify_tree
 
 __all__ = ["Repo", "Batch", "BlockStore"]
 
@@ -430,6 +431,25 @@ class Repo:
     def list_refs(self) -> list[tuple[str, CID]]:
         """All named refs as ``(name, commit CID)``, sorted by name."""
         return self._store_or_raise().list_refs()
+
+    # -- verification ----------------------------------------------------------
+
+    @_public
+    def verify(self, *, key: PublicKey | SigningKey | str | None = None) -> VerifyReport:
+        """Verify HEAD as ``import_car`` would verify a CAR, re-hashing every block read.
+
+        Checks the commit (v3 structure, this repo's DID), the signature when
+        ``key`` is given, the whole MST, completeness, repo paths, every
+        record, and every blob file. Returns a report; never raises for bad data.
+        """
+        self._refresh()
+        store = self._store_or_raise()
+        report = VerifyReport()
+        with store.snapshot():
+            head = CID(store.get_meta("head"))  # type: ignore[arg-type]
+            verify_tree(store.get_block, head, report, did=self._did, key=key, limits=self._limits, rehash=True)
+        check_blob_files(report, self._blobs.root)
+        return report
 
     # -- CAR import and export -------------------------------------------------
 

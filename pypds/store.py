@@ -115,9 +115,7 @@ class Store:
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except apsw.BusyError:
-            raise RepoBusy(
-                f"{self.path}: another writer holds the lock (waited {self.busy_timeout:g} s)"
-            ) from None
+            raise RepoBusy(f"{self.path}: another writer holds the lock (waited {self.busy_timeout:g} s)") from None
         try:
             yield
         except BaseException:

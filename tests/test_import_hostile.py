@@ -44,6 +44,7 @@ from pypds import (
     cid_for_raw,
     generate_signing_key,
     parse_did_key,
+    verify_car,
 )
 from pypds.limits import DEFAULT_LIMITS
 from pypds.mst import key_height
@@ -297,12 +298,19 @@ def assert_rejected(car: bytes, error, tmp_path: Path, *, key=None, limits=DEFAU
 
     assert all(type(e) in allowed for e in errors), errors
     assert len({type(e) for e in errors}) == 1, errors
+
+    # verify_car runs the same checks: its first failure is the error import raised
+    report = verify_car(car, did=DID, key=key, limits=limits)
+    assert not report.ok
+    assert report.failures[0].detail.startswith(type(errors[0]).__name__ + ":"), (str(report), errors[0])
     for e in errors:
         assert re.search(match, str(e)), (match, str(e))
     return errors
 
 
 def assert_imports_like_source(src: Source, car: bytes, tmp_path: Path, *, key=None) -> None:
+    report = verify_car(car, did=DID, key=key)
+    assert report.ok, str(report)
     with make_target(tmp_path / "t") as target:
         target.import_car(car, key=key)
         assert target.head == src.head

@@ -1,0 +1,289 @@
+"""Full verification of a repository CAR or a stored repository, as a report.
+
+:func:`verify_car` and :meth:`pypds.Repo.verify` run every check that
+``import_car`` runs and return a :class:`VerifyReport` listing each check
+with its outcome instead of raising at the first failure. Checks run in
+dependency order; when one fails, the checks that depend on it are reported
+as ``not run``. Checks that need an input that was not given (a DID, a key)
+are ``skipped`` and do not make the report fail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from .car import CarSource
+from .car_import import LoadedCar, check_record
+from .cid import CID
+from .commit import Commit, decode_commit
+from .errors import (
+    BadSignature,
+    BlockHashMismatch,
+    CarFormatError,
+    InvalidCid,
+    InvalidRepoPath,
+    LimitExceeded,
+    MissingBlock,
+    PypdsError,
+)
+from .keys import PublicKey, SigningKey, load_public_key
+from .limits import DEFAULT_LIMITS, Limits
+from .mst.verify import TreeWalk, walk_tree
+
+__all__ = ["Outcome", "Check", "VerifyReport", "verify_car", "verify_tree"]
+
+GetBlock = Callable[[CID], "bytes | None"]
+
+
+class Outcome(StrEnum):
+    """The result of one check."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # not requested (no DID or key given)
+    NOT_RUN = "not run"  # an earlier check failed
+
+
+#: Every check, in the order it runs, with what it establishes.
+CHECKS: dict[str, str] = {
+    "car-framing": "CAR v1 framing and header; first root is a dag-cbor CID; lengths within limits",
+    "block-hashes": "every block's bytes hash (sha2-256) to its CID",
+    "cid-form": "every CID is CIDv1 sha2-256, dag-cbor (commit, MST, records) or raw",
+    "commit": "the root is a v3 commit: field set, types, TID rev",
+    "did": "the commit's DID is the expected DID",
+    "signature": "64-byte low-S ECDSA signature by the expected key (secp256k1 or P-256)",
+    "mst": "MST canonical: sorted unique keys, right layers, ranges, maximal compression, pruning, no shared nodes",
+    "completeness": "every MST node and record the tree reaches is present",
+    "repo-paths": "every key is <NSID>/<record key>, never . or ..",
+    "records": "every record is canonical DAG-CBOR, no floats, a map with a string $type",
+    "blob-files": "every file under blobs/ hashes to its name",
+}
+
+
+@dataclass
+class Check:
+    """One verification check and its outcome."""
+
+    name: str
+    outcome: Outcome
+    detail: str = ""
+
+    @property
+    def description(self) -> str:
+        return CHECKS[self.name]
+
+
+@dataclass
+class VerifyReport:
+    """The outcome of every check; ``ok`` only if none failed or was left unrun."""
+
+    checks: list[Check] = field(default_factory=list)
+    commit: CID | None = None
+    did: str | None = None
+    rev: str | None = None
+    blocks: int = 0
+    nodes: int = 0
+    records: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return all(c.outcome in (Outcome.PASSED, Outcome.SKIPPED) for c in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if c.outcome is Outcome.FAILED]
+
+    def __getitem__(self, name: str) -> Check:
+        for check in self.checks:
+            if check.name == name:
+                return check
+        raise KeyError(name)
+
+    def __str__(self) -> str:
+        width = max(len(c.name) for c in self.checks)
+        lines = [f"{c.name.ljust(width)}  {c.outcome.value:<7}  {c.detail}".rstrip() for c in self.checks]
+        lines.append(f"{'result'.ljust(width)}  {'OK' if self.ok else 'FAILED'}")
+        return "\n".join(lines)
+
+    def _set(self, name: str, outcome: Outcome, detail: str = "") -> None:
+        self.checks.append(Check(name, outcome, detail))
+
+    def _stop(self, failed: str, exc: Exception, remaining: list[str]) -> VerifyReport:
+        self._set(failed, Outcome.FAILED, f"{type(exc).__name__}: {exc}")
+        for name in remaining:
+            if name != failed:
+                self._set(name, Outcome.NOT_RUN)
+        return self
+
+
+_READ_FAILURES: list[tuple[type[Exception], str]] = [
+    (BlockHashMismatch, "block-hashes"),
+    (InvalidCid, "cid-form"),
+    (CarFormatError, "car-framing"),
+    (LimitExceeded, "car-framing"),
+]
+_TREE_CHECKS = ["mst", "completeness", "repo-paths", "records"]
+
+
+def verify_car(
+    source: CarSource,
+    *,
+    did: str | None = None,
+    key: PublicKey | SigningKey | str | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> VerifyReport:
+    """Verify a full repository CAR without storing anything."""
+    report = VerifyReport()
+    order = ["car-framing", "block-hashes", "cid-form", "commit", "did", "signature", *_TREE_CHECKS]
+    try:
+        loaded = LoadedCar.read(source, limits)
+    except PypdsError as exc:
+        failed = next((name for cls, name in _READ_FAILURES if isinstance(exc, cls)), "car-framing")
+        for name in order[: order.index(failed)]:
+            report._set(name, Outcome.PASSED)
+        return report._stop(failed, exc, order[order.index(failed) :])
+    report.blocks = len(loaded.blocks)
+    report._set("car-framing", Outcome.PASSED, f"root {loaded.root.encode()}")
+    report._set("block-hashes", Outcome.PASSED, f"{len(loaded.blocks)} blocks")
+    report._set("cid-form", Outcome.PASSED)
+    return verify_tree(loaded.get, loaded.root, report, did=did, key=key, limits=limits)
+
+
+def verify_tree(
+    get_block: GetBlock,
+    commit_cid: CID,
+    report: VerifyReport,
+    *,
+    did: str | None,
+    key: PublicKey | SigningKey | str | None,
+    limits: Limits,
+    rehash: bool = False,
+) -> VerifyReport:
+    """Run the commit, DID, signature and tree checks, appending to ``report``.
+
+    With ``rehash``, every block is hashed again as it is read (for blocks
+    from a store rather than a freshly verified CAR) and a ``block-hashes``
+    check reports the result.
+    """
+    if rehash:
+        get_block = _rehashing(get_block)
+    tree_checks = (["block-hashes"] if rehash else []) + _TREE_CHECKS
+    remaining = ["commit", "did", "signature", *tree_checks]
+    report.commit = commit_cid
+    try:
+        data = get_block(commit_cid)
+        if data is None:
+            raise MissingBlock(f"commit {commit_cid.encode()} is not present", commit_cid)
+        commit = decode_commit(data, commit_cid)
+    except BlockHashMismatch as exc:
+        return report._stop("block-hashes", exc, remaining)
+    except PypdsError as exc:
+        return report._stop("commit", exc, remaining)
+    report.did, report.rev = commit.did, commit.rev
+    report._set("commit", Outcome.PASSED, f"rev {commit.rev}, data {commit.data.encode()}")
+    _check_did(report, commit, did)
+    _check_signature(report, commit, key)
+    _check_tree(report, get_block, commit, limits, tree_checks)
+    return report
+
+
+def _rehashing(get_block: GetBlock) -> GetBlock:
+    def get(cid: CID) -> bytes | None:
+        data = get_block(cid)
+        if data is not None and hashlib.sha256(data).digest() != cid.cid_bytes[4:]:
+            raise BlockHashMismatch(f"stored block {cid.encode()}: bytes do not hash to its CID")
+        return data
+
+    return get
+
+
+def _check_did(report: VerifyReport, commit: Commit, did: str | None) -> None:
+    if did is None:
+        report._set("did", Outcome.SKIPPED, f"no DID given (commit is for {commit.did})")
+    elif commit.did != did:
+        report._set("did", Outcome.FAILED, f"DidMismatch: commit is for {commit.did}, expected {did}")
+    else:
+        report._set("did", Outcome.PASSED, did)
+
+
+def _check_signature(report: VerifyReport, commit: Commit, key: PublicKey | SigningKey | str | None) -> None:
+    if key is None:
+        report._set("signature", Outcome.SKIPPED, "no key given")
+        return
+    try:
+        public = load_public_key(key)
+        commit.verify(public)
+    except (BadSignature, PypdsError) as exc:
+        report._set("signature", Outcome.FAILED, f"{type(exc).__name__}: {exc}")
+        return
+    report._set("signature", Outcome.PASSED, public.did_key)
+
+
+def _check_tree(report: VerifyReport, get_block: GetBlock, commit: Commit, limits: Limits, checks: list[str]) -> None:
+    stats = TreeWalk()
+    seen_records: set[bytes] = set()
+    steps = walk_tree(get_block, commit.data, limits=limits, stats=stats)
+    while True:
+        try:
+            step = next(steps, None)
+        except PypdsError as exc:
+            report._stop(_tree_failure(exc), exc, checks)
+            return
+        if step is None:
+            break
+        if step.node is not None or step.cid.cid_bytes in seen_records:
+            continue
+        seen_records.add(step.cid.cid_bytes)
+        try:
+            data = get_block(step.cid)
+            if data is None:
+                raise MissingBlock(f"record {step.cid.encode()} for {step.key!r} is missing", step.cid)
+        except PypdsError as exc:
+            report._stop(_tree_failure(exc), exc, checks)
+            return
+        try:
+            check_record(step.cid, step.key, data, limits)
+        except PypdsError as exc:
+            report._stop("records", exc, checks)
+            return
+    report.nodes, report.records = stats.nodes, stats.records
+    if "block-hashes" in checks:
+        report._set("block-hashes", Outcome.PASSED, "every block re-hashed on read")
+    report._set("mst", Outcome.PASSED, f"{stats.nodes} nodes, root layer {stats.height}")
+    report._set("completeness", Outcome.PASSED, f"{stats.nodes} nodes, {len(seen_records)} record blocks")
+    report._set("repo-paths", Outcome.PASSED, f"{stats.records} keys")
+    report._set("records", Outcome.PASSED, f"{len(seen_records)} records")
+
+
+def _tree_failure(exc: PypdsError) -> str:
+    """The check a failure during the tree walk belongs to."""
+    if isinstance(exc, BlockHashMismatch):
+        return "block-hashes"
+    if isinstance(exc, MissingBlock):
+        return "completeness"
+    if isinstance(exc, InvalidRepoPath):
+        return "repo-paths"
+    return "mst"
+
+
+def check_blob_files(report: VerifyReport, blobs_dir: Path) -> None:
+    """Append the ``blob-files`` check: every blob file hashes to its name."""
+    count = 0
+    if blobs_dir.is_dir():
+        for path in sorted(blobs_dir.glob("*/*")):
+            if path.name.startswith(".tmp-"):
+                continue
+            count += 1
+            try:
+                cid = CID.decode(path.name)
+            except ValueError:
+                report._set("blob-files", Outcome.FAILED, f"{path}: file name is not a CID")
+                return
+            if hashlib.sha256(path.read_bytes()).digest() != cid.cid_bytes[4:]:
+                report._set("blob-files", Outcome.FAILED, f"BlockHashMismatch: blob file {path} is corrupt")
+                return
+    report._set("blob-files", Outcome.PASSED, f"{count} blobs")
