@@ -39,7 +39,7 @@ from .errors import (
 )
 from .keys import PublicKey, SigningKey, generate_signing_key, load_public_key, load_signing_key
 from .limits import DEFAULT_LIMITS, Limits
-from .mst import MST, Node, build_tree, empty_node, iter_range, key_height, lookup
+from .mst import MST, Node, build_tree, empty_node, iter_range, iter_stream_order, key_height, lookup
 from .mst import delete as mst_delete
 from .mst import put as mst_put
 from .mst.cache import NodeCache
@@ -638,17 +638,17 @@ class Repo:
         commit = decode_commit(commit_block, commit_cid)
         yield commit_cid, commit_block
         written: set[bytes] = set()
-        for step in walk_tree(store.get_block, commit.data, limits=self._limits, check_paths=False):
-            if step.node is not None:
-                yield step.cid, step.node.data
+        for cid, node in iter_stream_order(self._cache, commit.data):
+            if node is not None:
+                yield cid, node.data
                 continue
-            if step.cid.cid_bytes in written:
+            if cid.cid_bytes in written:
                 continue
-            written.add(step.cid.cid_bytes)
-            data = store.get_block(step.cid)
+            written.add(cid.cid_bytes)
+            data = store.get_block(cid)
             if data is None:
-                raise MissingBlock(f"record block {step.cid.encode()} for {step.key!r} is missing", step.cid)
-            yield step.cid, data
+                raise MissingBlock(f"record block {cid.encode()} is missing", cid)
+            yield cid, data
 
     def _write_car(self, stream: BinaryIO, commit_cid: CID) -> None:
         blocks = self._car_blocks(commit_cid)

@@ -48,7 +48,7 @@ the tree height (itself bounded by :data:`pypds.limits.MAX_MST_DEPTH`).
 from .build import build_tree
 from .edit import delete, put
 from .node import Node, NodeSource, decode_node, empty_node, encode_node, key_height
-from .tree import MST, iter_range, lookup
+from .tree import MST, iter_range, iter_stream_order, lookup
 from .verify import TreeWalk, walk_tree
 
 __all__ = [
@@ -62,6 +62,7 @@ __all__ = [
     "empty_node",
     "encode_node",
     "iter_range",
+    "iter_stream_order",
     "key_height",
     "lookup",
     "put",

@@ -106,10 +106,10 @@ def key_height(key: bytes) -> int:
 def common_prefix_len(a: bytes, b: bytes) -> int:
     """Number of leading bytes shared by ``a`` and ``b``."""
     n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    diff = int.from_bytes(a[:n], "big") ^ int.from_bytes(b[:n], "big")
+    if not diff:
+        return n
+    return n - 1 - (diff.bit_length() - 1) // 8
 
 
 def encode_node(node: Node) -> bytes:
@@ -124,23 +124,32 @@ def encode_node(node: Node) -> bytes:
     return cbrrr.encode_dag_cbor({"e": entries, "l": link_cid(links[0])})
 
 
-def _check_link(value: object, what: str, where: str) -> CID | None:
+class _Malformed(Exception):
+    """Raised inside decoding; turned into a typed error naming the node's CID."""
+
+    def __init__(self, error: type[Exception], message: str, limit: tuple[str, int, int] | None = None) -> None:
+        super().__init__(message)
+        self.error = error
+        self.limit = limit
+
+
+def _check_link(value: object, what: str) -> CID | None:
     if value is None:
         return None
     if type(value) is not CID:
-        raise InvalidMst(f"MST node {where}: {what} is not a CID or null")
+        raise _Malformed(InvalidMst, f"{what} is not a CID or null")
     raw = value.cid_bytes  # type: ignore[union-attr]
     if len(raw) != 36 or raw[:4] != DAG_CBOR_PREFIX:
-        raise InvalidMst(f"MST node {where}: {what} is not a dag-cbor sha2-256 CID")
+        raise _Malformed(InvalidMst, f"{what} is not a dag-cbor sha2-256 CID")
     return value  # type: ignore[return-value]
 
 
-def _check_value(value: object, where: str, index: int) -> CID:
+def _check_value(value: object, index: int) -> CID:
     if type(value) is not CID:
-        raise InvalidMst(f"MST node {where}: entry {index} value is not a CID")
+        raise _Malformed(InvalidMst, f"entry {index} value is not a CID")
     raw = value.cid_bytes  # type: ignore[union-attr]
     if len(raw) != 36 or raw[:4] not in (DAG_CBOR_PREFIX, RAW_PREFIX):
-        raise InvalidMst(f"MST node {where}: entry {index} value is not a sha2-256 CIDv1")
+        raise _Malformed(InvalidMst, f"entry {index} value is not a sha2-256 CIDv1")
     return value  # type: ignore[return-value]
 
 
@@ -151,40 +160,52 @@ def decode_node(data: bytes, cid: CID | None = None, limits: Limits = DEFAULT_LI
     compression and strict key order. Key heights and subtree ranges need
     the node's place in the tree and are checked by :func:`walk_tree`.
     """
-    where = cid.encode() if cid is not None else "(unknown CID)"
+    try:
+        keys, vals, links = _decode_fields(data, limits)
+    except _Malformed as bad:
+        where = cid.encode() if cid is not None else "(unknown CID)"
+        if bad.limit is not None:
+            name, value, maximum = bad.limit
+            raise LimitExceeded(name, value, maximum, f"MST node {where}") from None
+        raise bad.error(f"MST node {where}: {bad}") from None
+    return Node(keys, vals, links, cid=cid, data=data)
+
+
+def _decode_fields(data: bytes, limits: Limits) -> tuple[tuple[bytes, ...], tuple[CID, ...], tuple[Link, ...]]:
     try:
         obj = cbrrr.decode_dag_cbor(data)
     except (ValueError, TypeError, OverflowError) as exc:
-        raise InvalidCbor(f"MST node {where}: invalid DAG-CBOR: {exc}") from None
+        raise _Malformed(InvalidCbor, f"invalid DAG-CBOR: {exc}") from None
     if type(obj) is not dict or obj.keys() != {"e", "l"}:
-        raise InvalidMst(f"MST node {where}: expected a map with exactly 'e' and 'l'")
+        raise _Malformed(InvalidMst, "expected a map with exactly 'e' and 'l'")
     entries = obj["e"]
     if type(entries) is not list:
-        raise InvalidMst(f"MST node {where}: 'e' is not a list")
+        raise _Malformed(InvalidMst, "'e' is not a list")
     if len(entries) > limits.max_mst_node_entries:
-        raise LimitExceeded("max_mst_node_entries", len(entries), limits.max_mst_node_entries, where)
-    links: list[Link] = [_check_link(obj["l"], "'l'", where)]
+        limit = ("max_mst_node_entries", len(entries), limits.max_mst_node_entries)
+        raise _Malformed(LimitExceeded, "too many entries", limit)
+    links: list[Link] = [_check_link(obj["l"], "'l'")]
     keys: list[bytes] = []
     vals: list[CID] = []
     prev = b""
     max_key = limits.max_mst_key_bytes
     for i, entry in enumerate(entries):
         if type(entry) is not dict or entry.keys() != {"k", "p", "t", "v"}:
-            raise InvalidMst(f"MST node {where}: entry {i} must have exactly k, p, t, v")
+            raise _Malformed(InvalidMst, f"entry {i} must have exactly k, p, t, v")
         suffix, shared = entry["k"], entry["p"]
         if type(suffix) is not bytes or type(shared) is not int:
-            raise InvalidMst(f"MST node {where}: entry {i} has a non-bytes k or non-int p")
+            raise _Malformed(InvalidMst, f"entry {i} has a non-bytes k or non-int p")
         if not 0 <= shared <= len(prev):
-            raise InvalidMst(f"MST node {where}: entry {i} prefix length {shared} out of range")
+            raise _Malformed(InvalidMst, f"entry {i} prefix length {shared} out of range")
         key = prev[:shared] + suffix
         if len(key) > max_key:
-            raise LimitExceeded("max_mst_key_bytes", len(key), max_key, f"{where} entry {i}")
+            raise _Malformed(LimitExceeded, "key too long", ("max_mst_key_bytes", len(key), max_key))
         if key <= prev and i > 0:
-            raise InvalidMst(f"MST node {where}: keys not strictly sorted at entry {i} ({key!r})")
+            raise _Malformed(InvalidMst, f"keys not strictly sorted at entry {i} ({key!r})")
         if common_prefix_len(prev, key) != shared:
-            raise InvalidMst(f"MST node {where}: entry {i} prefix compression is not maximal")
+            raise _Malformed(InvalidMst, f"entry {i} prefix compression is not maximal")
         keys.append(key)
-        vals.append(_check_value(entry["v"], where, i))
-        links.append(_check_link(entry["t"], f"entry {i} 't'", where))
+        vals.append(_check_value(entry["v"], i))
+        links.append(_check_link(entry["t"], f"entry {i} 't'"))
         prev = key
-    return Node(tuple(keys), tuple(vals), tuple(links), cid=cid, data=data)
+    return tuple(keys), tuple(vals), tuple(links)

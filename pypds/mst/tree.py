@@ -98,6 +98,33 @@ def _iter_reverse(
             yield key, node.vals[index - 1]
 
 
+def iter_stream_order(source: NodeSource, root: Link) -> Iterator[tuple[CID, Node | None]]:
+    """Every node and record of a tree in the stream-friendly CAR order.
+
+    Yields ``(cid, node)`` for MST nodes and ``(cid, None)`` for records:
+    each node before its children; within a node the left subtree first,
+    then each entry's record followed by that entry's right subtree (so
+    records come in key order). Iterative; no structural checks (use
+    :func:`~pypds.mst.verify.walk_tree` for untrusted blocks).
+    """
+    stack: list = [root]
+    while stack:
+        item = stack.pop()
+        if type(item) is tuple:
+            yield item[0], None
+            continue
+        node = resolve(source, item)
+        if node is None:
+            continue
+        yield node.cid, node
+        pending: list = [node.links[0]]
+        for i, value in enumerate(node.vals):
+            pending.append((value,))
+            pending.append(node.links[i + 1])
+        pending.reverse()
+        stack.extend(pending)
+
+
 class MST:
     """A read-only view of one tree: ``get``, ordered iteration, ``len`` and ``root``.
 

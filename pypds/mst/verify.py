@@ -102,22 +102,21 @@ def _load(get_block: GetBlock, cid: CID, parent: CID | None, limits: Limits, see
 
 
 def _check_layer(node: Node, cid: CID, layer: int, limits: Limits) -> int:
-    where = cid.encode()
     if layer == -1:  # the root: its keys say which layer it is on
         if not node.keys:
             if node.links[0] is not None:
-                raise InvalidMst(f"MST root {where} is a key-less node pointing down")
+                raise InvalidMst(f"MST root {cid.encode()} is a key-less node pointing down")
             return 0
         layer = key_height(node.keys[0])
         if layer > limits.max_mst_depth:
-            raise LimitExceeded("max_mst_depth", layer, limits.max_mst_depth, where)
+            raise LimitExceeded("max_mst_depth", layer, limits.max_mst_depth, cid.encode())
         return layer
     if layer < 0:
-        raise InvalidMst(f"MST node {where} is linked from below layer 0")
+        raise InvalidMst(f"MST node {cid.encode()} is linked from below layer 0")
     if node.is_empty:
-        raise InvalidMst(f"MST node {where} is empty but not the root (must be pruned)")
+        raise InvalidMst(f"MST node {cid.encode()} is empty but not the root (must be pruned)")
     if layer == 0 and any(link is not None for link in node.links):
-        raise InvalidMst(f"MST node {where} on layer 0 has a subtree link")
+        raise InvalidMst(f"MST node {cid.encode()} on layer 0 has a subtree link")
     return layer
 
 
@@ -125,16 +124,17 @@ def _check_keys(node: Node, cid: CID, layer: int, low: bytes | None, high: bytes
     keys = node.keys
     if not keys:
         return
-    where = cid.encode()
     if low is not None and keys[0] <= low:
-        raise InvalidMst(f"MST node {where}: key {keys[0]!r} is outside its subtree range")
+        raise InvalidMst(f"MST node {cid.encode()}: key {keys[0]!r} is outside its subtree range")
     if high is not None and keys[-1] >= high:
-        raise InvalidMst(f"MST node {where}: key {keys[-1]!r} is outside its subtree range")
+        raise InvalidMst(f"MST node {cid.encode()}: key {keys[-1]!r} is outside its subtree range")
     for key in keys:
         if key_height(key) != layer:
-            raise InvalidMst(f"MST node {where}: key {key!r} has height {key_height(key)}, node is on layer {layer}")
+            raise InvalidMst(
+                f"MST node {cid.encode()}: key {key!r} has height {key_height(key)}, node is on layer {layer}"
+            )
         if check_paths:
             try:
                 split_repo_path(key.decode("utf-8"))
             except (UnicodeDecodeError, InvalidRepoPath) as exc:
-                raise InvalidRepoPath(f"MST node {where}: invalid repo path {key!r}: {exc}") from None
+                raise InvalidRepoPath(f"MST node {cid.encode()}: invalid repo path {key!r}: {exc}") from None
