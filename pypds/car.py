@@ -23,7 +23,7 @@ from typing import BinaryIO
 import cbrrr
 
 from .cid import CID, DAG_CBOR_PREFIX, RAW_PREFIX, check_cid_bytes
-from .errors import BlockHashMismatch, CarFormatError, LimitExceeded
+from .errors import BlockHashMismatch, CarFormatError, LimitExceeded, shown
 from .limits import DEFAULT_LIMITS, Limits
 
 __all__ = ["CarSource", "CarReader", "CarWriter", "encode_varint", "open_car_source"]
@@ -64,7 +64,7 @@ class _Input:
             return True
         parts = [self._buf[self._pos :]]
         while available < need:
-            chunk = self._stream.read(max(_CHUNK, need - available))
+            chunk = self._stream.read(_CHUNK)  # never sized by an untrusted length
             if not chunk:
                 break
             parts.append(chunk)
@@ -152,7 +152,7 @@ class CarReader:
         if type(header) is not dict:
             raise CarFormatError("CAR header is not a map")
         if header.get("version") != 1 or type(header.get("version")) is not int:
-            raise CarFormatError(f"unsupported CAR version {header.get('version')!r} (expected 1)")
+            raise CarFormatError(f"unsupported CAR version {shown(header.get('version'))} (expected 1)")
         roots = header.get("roots")
         if type(roots) is not list or not roots:
             raise CarFormatError("CAR header has no roots")

@@ -13,7 +13,7 @@ from . import cbor
 from .car import CarReader, CarSource
 from .cid import CID, is_dag_cbor
 from .commit import Commit, decode_commit
-from .errors import InvalidCbor, InvalidMst, InvalidRecord, LimitExceeded, MissingBlock
+from .errors import InvalidCbor, InvalidMst, InvalidRecord, LimitExceeded, MissingBlock, shown
 from .limits import Limits
 from .mst.verify import walk_tree
 
@@ -61,7 +61,7 @@ class LoadedCar:
                 continue
             data = self.blocks.get(raw)
             if data is None:
-                raise MissingBlock(f"record {step.cid.encode()} for {step.key!r} is not in the CAR", step.cid)
+                raise MissingBlock(f"record {step.cid.encode()} for {shown(step.key)} is not in the CAR", step.cid)
             check_record(step.cid, step.key, data, limits)
             records.add(raw)
             kept.append((step.cid, data))

@@ -17,7 +17,7 @@ from typing import Any
 import cbrrr
 
 from .cid import CID, is_well_formed_cid, link_from_bytes
-from .errors import InvalidCbor, InvalidRecord, LimitExceeded
+from .errors import InvalidCbor, InvalidRecord, LimitExceeded, shown
 from .limits import DEFAULT_LIMITS, Limits
 
 __all__ = [
@@ -63,7 +63,7 @@ def check_data_model(value: Any, where: str = "", limits: Limits = DEFAULT_LIMIT
                 raise LimitExceeded("max_cbor_depth", depth + 1, max_depth, where)
             for key, sub in item.items():
                 if type(key) is not str:
-                    raise InvalidRecord(f"map key is not a string{at}: {key!r}")
+                    raise InvalidRecord(f"map key is not a string{at}: {shown(key)}")
                 stack.append((sub, depth + 1))
             if "$type" in item:
                 _check_typed_object(item, at)
@@ -72,7 +72,7 @@ def check_data_model(value: Any, where: str = "", limits: Limits = DEFAULT_LIMIT
                 raise LimitExceeded("max_cbor_depth", depth + 1, max_depth, where)
             stack.extend((sub, depth + 1) for sub in item)
         elif kind is float:
-            raise InvalidRecord(f"floats are not allowed in atproto records{at}: {item!r}")
+            raise InvalidRecord(f"floats are not allowed in atproto records{at}: {shown(item)}")
         elif kind is int:
             if not -(1 << 63) <= item < (1 << 63):
                 raise InvalidRecord(f"integer out of the 64-bit signed range{at}: {item}")
@@ -89,7 +89,7 @@ def _check_typed_object(item: dict, at: str) -> None:
     """``$type`` must be a non-empty string; typed blob references must be well formed."""
     type_name = item["$type"]
     if type(type_name) is not str or not type_name:
-        raise InvalidRecord(f"$type must be a non-empty string{at}, not {type_name!r}")
+        raise InvalidRecord(f"$type must be a non-empty string{at}, not {shown(type_name)}")
     if type_name != "blob":
         return
     ref, mime, size = item.get("ref"), item.get("mimeType"), item.get("size")
@@ -98,7 +98,7 @@ def _check_typed_object(item: dict, at: str) -> None:
     if type(mime) is not str or not mime:
         raise InvalidRecord(f"blob reference{at} lacks a string 'mimeType'")
     if type(size) is not int or size < 0:
-        raise InvalidRecord(f"blob reference{at} has no valid integer 'size': {size!r}")
+        raise InvalidRecord(f"blob reference{at} has no valid integer 'size': {shown(size)}")
 
 
 def _check_record_shape(value: Any, where: str) -> None:

@@ -20,7 +20,7 @@ import hashlib
 
 from cbrrr import CID
 
-from .errors import BlockHashMismatch, InvalidCid
+from .errors import BlockHashMismatch, InvalidCid, shown
 
 __all__ = [
     "CID",
@@ -113,13 +113,13 @@ def parse_cid(value: str | bytes | CID, *, allow_raw: bool = True) -> CID:
         raw = value.cid_bytes
     elif isinstance(value, str):
         if not value.startswith("b") or value != value.strip():
-            raise InvalidCid(f"not a base32 CID string: {value!r}")
+            raise InvalidCid(f"not a base32 CID string: {shown(value)}")
         try:
             raw = CID.decode(value).cid_bytes
         except ValueError as exc:
-            raise InvalidCid(f"cannot decode CID string {value!r}: {exc}") from None
+            raise InvalidCid(f"cannot decode CID string {shown(value)}: {exc}") from None
         if CID(raw).encode() != value:
-            raise InvalidCid(f"CID string is not in canonical lower-case form: {value!r}")
+            raise InvalidCid(f"CID string is not in canonical lower-case form: {shown(value)}")
     elif isinstance(value, (bytes, bytearray, memoryview)):
         raw = bytes(value)
     else:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import cbrrr
 
 from .cid import CID, cid_for_cbor, is_dag_cbor
-from .errors import BadSignature, InvalidCommit
+from .errors import BadSignature, InvalidCommit, shown
 from .keys import PublicKey, SigningKey
 from .syntax import is_valid_did, is_valid_tid
 
@@ -80,15 +80,15 @@ def decode_commit(block: bytes, cid: CID | None = None) -> Commit:
         raise InvalidCommit(f"{where}: unexpected field(s) {sorted(extra)}")
     version = obj["version"]
     if type(version) is not int or version != 3:
-        raise InvalidCommit(f"{where}: unsupported version {version!r} (expected 3)")
+        raise InvalidCommit(f"{where}: unsupported version {shown(version)} (expected 3)")
     did, data, rev, sig = obj["did"], obj["data"], obj["rev"], obj["sig"]
     prev = obj.get("prev")
     if not is_valid_did(did):
-        raise InvalidCommit(f"{where}: invalid did {did!r}")
+        raise InvalidCommit(f"{where}: invalid did {shown(did)}")
     if type(data) is not CID or not is_dag_cbor(data):
         raise InvalidCommit(f"{where}: 'data' is not a dag-cbor sha2-256 CID")
     if not is_valid_tid(rev):
-        raise InvalidCommit(f"{where}: rev {rev!r} is not a TID")
+        raise InvalidCommit(f"{where}: rev {shown(rev)} is not a TID")
     if prev is not None and type(prev) is not CID:
         raise InvalidCommit(f"{where}: 'prev' is neither null nor a CID")
     if type(sig) is not bytes:

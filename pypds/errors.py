@@ -37,6 +37,25 @@ key or byte offset at fault.
 
 from __future__ import annotations
 
+_SHOWN_CHARS = 80
+
+
+def shown(value: object) -> str:
+    """A short rendering of an untrusted value for an error message.
+
+    Never fails and never recurses: containers are named by type and size,
+    scalars are ``repr``-ed and truncated, huge integers are described.
+    """
+    if value is None or isinstance(value, (bool, float)):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if value.bit_length() <= 64 else f"<int of {value.bit_length()} bits>"
+    if isinstance(value, (str, bytes, bytearray)):
+        text = repr(value[: _SHOWN_CHARS + 1])
+        return text if len(value) <= _SHOWN_CHARS else f"{text}... ({len(value)} long)"
+    size = f" of {len(value)}" if isinstance(value, (list, tuple, dict, set)) else ""
+    return f"<{type(value).__name__}{size}>"
+
 
 class PypdsError(Exception):
     """Base class of every error raised by pypds."""

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 from multiformats import multibase
 
-from .errors import InvalidSigningKey
+from .errors import InvalidSigningKey, shown
 
 __all__ = [
     "SigningKey",
@@ -53,7 +53,7 @@ class PublicKey:
 
     def __init__(self, curve: str, compressed: bytes) -> None:
         if curve not in _CURVES:
-            raise InvalidSigningKey(f"unsupported curve {curve!r}")
+            raise InvalidSigningKey(f"unsupported curve {shown(curve)}")
         prefix, order, ec_curve = _CURVES[curve]
         try:
             self._key = ec.EllipticCurvePublicKey.from_encoded_point(ec_curve, compressed)
@@ -203,7 +203,7 @@ def generate_signing_key(curve: str = "k256") -> SigningKey:
         return K256SigningKey.generate()
     if curve == "p256":
         return P256SigningKey.generate()
-    raise InvalidSigningKey(f"unsupported curve {curve!r}")
+    raise InvalidSigningKey(f"unsupported curve {shown(curve)}")
 
 
 def load_signing_key(value: KeyInput, curve: str = "k256") -> SigningKey:
@@ -221,23 +221,23 @@ def load_signing_key(value: KeyInput, curve: str = "k256") -> SigningKey:
         return K256SigningKey(bytes(value))
     if curve == "p256":
         return P256SigningKey(bytes(value))
-    raise InvalidSigningKey(f"unsupported curve {curve!r}")
+    raise InvalidSigningKey(f"unsupported curve {shown(curve)}")
 
 
 def parse_did_key(did_key: str) -> PublicKey:
     """The public key named by a ``did:key:z...`` string."""
     if not isinstance(did_key, str) or not did_key.startswith("did:key:z"):
-        raise InvalidSigningKey(f"not a base58btc did:key: {did_key!r}")
+        raise InvalidSigningKey(f"not a base58btc did:key: {shown(did_key)}")
     try:
         raw = multibase.decode(did_key[len("did:key:") :])
     except Exception as exc:  # multiformats raises assorted types
-        raise InvalidSigningKey(f"cannot decode did:key {did_key!r}: {exc}") from None
+        raise InvalidSigningKey(f"cannot decode did:key {shown(did_key)}: {exc}") from None
     for curve, (prefix, _order, _ec) in _CURVES.items():
         if raw[:2] == prefix:
             if len(raw) != 35:
-                raise InvalidSigningKey(f"did:key {did_key!r} is not a compressed point")
+                raise InvalidSigningKey(f"did:key {shown(did_key)} is not a compressed point")
             return PublicKey(curve, raw[2:])
-    raise InvalidSigningKey(f"did:key {did_key!r} uses an unsupported key type")
+    raise InvalidSigningKey(f"did:key {shown(did_key)} uses an unsupported key type")
 
 
 def load_public_key(value: PublicKey | SigningKey | str) -> PublicKey:

@@ -36,6 +36,7 @@ from .errors import (
     RefNotFound,
     RepoClosed,
     SigningKeyRequired,
+    shown,
 )
 from .keys import PublicKey, SigningKey, generate_signing_key, load_public_key, load_signing_key
 from .limits import DEFAULT_LIMITS, Limits
@@ -393,7 +394,7 @@ class Repo:
     def put_blob(self, data: bytes, mime_type: str) -> BlobRef:
         """Store a blob durably; returns its reference (raw CID, MIME type, size)."""
         if not isinstance(mime_type, str) or "/" not in mime_type:
-            raise InvalidInput(f"invalid MIME type: {mime_type!r}")
+            raise InvalidInput(f"invalid MIME type: {shown(mime_type)}")
         cid = self._blobs.put(data)
         return BlobRef(cid=cid, mime_type=mime_type, size=len(data))
 
@@ -425,7 +426,7 @@ class Repo:
         store = self._store_or_raise()
         with store.transaction():
             if not store.delete_ref(_check_ref_name(name)):
-                raise RefNotFound(f"no ref named {name!r}")
+                raise RefNotFound(f"no ref named {shown(name)}")
 
     @_public
     def list_refs(self) -> list[tuple[str, CID]]:
@@ -542,7 +543,7 @@ class Repo:
         store = self._store_or_raise()
         for step in walk_tree(store.get_block, root, limits=self._limits, check_paths=False):
             if step.node is None and not store.has_block(step.cid):
-                raise MissingBlock(f"record block {step.cid.encode()} for {step.key!r} is missing", step.cid)
+                raise MissingBlock(f"record block {step.cid.encode()} for {shown(step.key)} is missing", step.cid)
 
     def _require_key(self) -> SigningKey:
         if self._signing_key is None:
@@ -700,7 +701,7 @@ def _int_meta(store: Store, name: str) -> int | None:
 
 def _check_ref_name(name: str) -> str:
     if not isinstance(name, str) or not name or len(name) > 256 or not name.isprintable():
-        raise InvalidInput(f"invalid ref name {name!r}: 1-256 printable characters")
+        raise InvalidInput(f"invalid ref name {shown(name)}: 1-256 printable characters")
     return name
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import apsw
 
 from .cid import CID
-from .errors import RepoBusy, RepoExists, RepoNotFound, SchemaVersionError
+from .errors import RepoBusy, RepoExists, RepoNotFound, SchemaVersionError, shown
 
 __all__ = ["Store", "SCHEMA_VERSION", "DB_NAME"]
 
@@ -91,7 +91,7 @@ class Store:
 
     def _configure(self, durability: str, busy_timeout: float) -> None:
         if durability not in _SYNC:
-            raise ValueError(f"durability must be 'full' or 'normal', not {durability!r}")
+            raise ValueError(f"durability must be 'full' or 'normal', not {shown(durability)}")
         self.busy_timeout = busy_timeout
         self.conn.set_busy_timeout(int(busy_timeout * 1000))
         self.conn.execute("PRAGMA journal_mode = WAL")

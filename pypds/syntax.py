@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidDid, InvalidRepoPath, InvalidTid
+from .errors import InvalidDid, InvalidRepoPath, InvalidTid, shown
 from .limits import MAX_MST_KEY_BYTES
 
 __all__ = [
@@ -73,28 +73,28 @@ def is_valid_tid(value: str) -> bool:
 def check_collection(collection: str) -> str:
     """Return ``collection`` or raise InvalidRepoPath if it is not an NSID."""
     if not is_valid_nsid(collection):
-        raise InvalidRepoPath(f"invalid collection (not an NSID): {collection!r}")
+        raise InvalidRepoPath(f"invalid collection (not an NSID): {shown(collection)}")
     return collection
 
 
 def check_record_key(rkey: str) -> str:
     """Return ``rkey`` or raise InvalidRepoPath if it is not a valid record key."""
     if not is_valid_record_key(rkey):
-        raise InvalidRepoPath(f"invalid record key: {rkey!r}")
+        raise InvalidRepoPath(f"invalid record key: {shown(rkey)}")
     return rkey
 
 
 def check_did(did: str) -> str:
     """Return ``did`` or raise InvalidDid."""
     if not is_valid_did(did):
-        raise InvalidDid(f"invalid DID: {did!r}")
+        raise InvalidDid(f"invalid DID: {shown(did)}")
     return did
 
 
 def check_tid(tid: str, what: str = "TID") -> str:
     """Return ``tid`` or raise InvalidTid."""
     if not is_valid_tid(tid):
-        raise InvalidTid(f"invalid {what}: {tid!r}")
+        raise InvalidTid(f"invalid {what}: {shown(tid)}")
     return tid
 
 
@@ -108,9 +108,9 @@ def repo_path(collection: str, rkey: str) -> str:
 def split_repo_path(path: str) -> tuple[str, str]:
     """Split and validate a repo path into (collection, rkey)."""
     if not isinstance(path, str) or path.count("/") != 1:
-        raise InvalidRepoPath(f"repo path must be <collection>/<rkey>: {path!r}")
+        raise InvalidRepoPath(f"repo path must be <collection>/<rkey>: {shown(path)}")
     if len(path) > MAX_MST_KEY_BYTES:
-        raise InvalidRepoPath(f"repo path longer than {MAX_MST_KEY_BYTES} bytes: {path[:64]!r}...")
+        raise InvalidRepoPath(f"repo path longer than {MAX_MST_KEY_BYTES} bytes: {shown(path)}")
     collection, rkey = path.split("/")
     check_collection(collection)
     check_record_key(rkey)

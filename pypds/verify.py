@@ -29,6 +29,7 @@ from .errors import (
     LimitExceeded,
     MissingBlock,
     PypdsError,
+    shown,
 )
 from .keys import PublicKey, SigningKey, load_public_key
 from .limits import DEFAULT_LIMITS, Limits
@@ -241,7 +242,7 @@ def _check_tree(report: VerifyReport, get_block: GetBlock, commit: Commit, limit
         try:
             data = get_block(step.cid)
             if data is None:
-                raise MissingBlock(f"record {step.cid.encode()} for {step.key!r} is missing", step.cid)
+                raise MissingBlock(f"record {step.cid.encode()} for {shown(step.key)} is missing", step.cid)
         except PypdsError as exc:
             report._stop(_tree_failure(exc), exc, checks)
             return

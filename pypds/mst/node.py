@@ -8,7 +8,7 @@ from typing import Protocol, Union
 import cbrrr
 
 from ..cid import CID, DAG_CBOR_PREFIX, RAW_PREFIX
-from ..errors import InvalidCbor, InvalidMst, LimitExceeded
+from ..errors import InvalidCbor, InvalidMst, LimitExceeded, shown
 from ..limits import DEFAULT_LIMITS, Limits
 
 Link = Union[CID, "Node", None]
@@ -201,7 +201,7 @@ def _decode_fields(data: bytes, limits: Limits) -> tuple[tuple[bytes, ...], tupl
         if len(key) > max_key:
             raise _Malformed(LimitExceeded, "key too long", ("max_mst_key_bytes", len(key), max_key))
         if key <= prev and i > 0:
-            raise _Malformed(InvalidMst, f"keys not strictly sorted at entry {i} ({key!r})")
+            raise _Malformed(InvalidMst, f"keys not strictly sorted at entry {i} ({shown(key)})")
         if common_prefix_len(prev, key) != shared:
             raise _Malformed(InvalidMst, f"entry {i} prefix compression is not maximal")
         keys.append(key)

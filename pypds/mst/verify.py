@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ..cid import CID
-from ..errors import InvalidMst, InvalidRepoPath, LimitExceeded, MissingBlock
+from ..errors import InvalidMst, InvalidRepoPath, LimitExceeded, MissingBlock, shown
 from ..limits import DEFAULT_LIMITS, Limits
 from ..syntax import split_repo_path
 from .node import Node, decode_node, key_height
@@ -125,16 +125,16 @@ def _check_keys(node: Node, cid: CID, layer: int, low: bytes | None, high: bytes
     if not keys:
         return
     if low is not None and keys[0] <= low:
-        raise InvalidMst(f"MST node {cid.encode()}: key {keys[0]!r} is outside its subtree range")
+        raise InvalidMst(f"MST node {cid.encode()}: key {shown(keys[0])} is outside its subtree range")
     if high is not None and keys[-1] >= high:
-        raise InvalidMst(f"MST node {cid.encode()}: key {keys[-1]!r} is outside its subtree range")
+        raise InvalidMst(f"MST node {cid.encode()}: key {shown(keys[-1])} is outside its subtree range")
     for key in keys:
         if key_height(key) != layer:
             raise InvalidMst(
-                f"MST node {cid.encode()}: key {key!r} has height {key_height(key)}, node is on layer {layer}"
+                f"MST node {cid.encode()}: key {shown(key)} has height {key_height(key)}, node is on layer {layer}"
             )
         if check_paths:
             try:
                 split_repo_path(key.decode("utf-8"))
             except (UnicodeDecodeError, InvalidRepoPath) as exc:
-                raise InvalidRepoPath(f"MST node {cid.encode()}: invalid repo path {key!r}: {exc}") from None
+                raise InvalidRepoPath(f"MST node {cid.encode()}: invalid repo path {shown(key)}: {exc}") from None
