@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from . import cbor
@@ -10,21 +11,37 @@ from .cid import CID, cid_for_cbor, parse_cid, verify_block
 
 if TYPE_CHECKING:
     from .repo import Repo
+    from .store import Store
 
 
 class BlockStore:
-    """Raw access to the repository's blocks (``repo.blockstore``)."""
+    """Raw access to the repository's blocks (``repo.blockstore``).
+
+    Every call holds the handle's lock, so the block store is as thread-safe
+    as the handle; iteration reads in pages, taking the lock per page.
+    """
+
+    PAGE = 1000
 
     def __init__(self, repo: Repo) -> None:
         self._repo = repo
 
+    @contextmanager
+    def _store(self) -> Iterator[Store]:
+        with self._repo._lock:
+            yield self._repo._store_or_raise()
+
     def get(self, cid: CID | str) -> bytes | None:
         """A block's bytes, or None."""
-        return self._repo._store_or_raise().get_block(parse_cid(cid))
+        cid = parse_cid(cid)
+        with self._store() as store:
+            return store.get_block(cid)
 
     def has(self, cid: CID | str) -> bool:
         """True if the block is stored."""
-        return self._repo._store_or_raise().has_block(parse_cid(cid))
+        cid = parse_cid(cid)
+        with self._store() as store:
+            return store.has_block(cid)
 
     def __contains__(self, cid: object) -> bool:
         return isinstance(cid, (CID, str)) and self.has(cid)
@@ -38,15 +55,21 @@ class BlockStore:
         else:
             cid = parse_cid(cid, allow_raw=False)
             verify_block(cid, data)
-        repo = self._repo
-        with repo._lock:
-            store = repo._store_or_raise()
-            with store.transaction():
-                store.put_blocks([(cid, data)], repo._rev)
+        with self._store() as store, store.transaction():
+            store.put_blocks([(cid, data)], self._repo._rev)
         return cid
 
     def __iter__(self) -> Iterator[tuple[CID, bytes]]:
-        return self._repo._store_or_raise().iter_blocks()
+        """Every stored block as ``(cid, bytes)``, in CID order."""
+        after = b""
+        while True:
+            with self._store() as store:
+                page = store.blocks_after(after, self.PAGE)
+            yield from page
+            if len(page) < self.PAGE:
+                return
+            after = page[-1][0].cid_bytes
 
     def __len__(self) -> int:
-        return self._repo._store_or_raise().count_blocks()
+        with self._store() as store:
+            return store.count_blocks()

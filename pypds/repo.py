@@ -92,7 +92,8 @@ class Repo:
         self._lock = threading.RLock()
         self._limits = limits
         self._blobs = BlobStore(path / "blobs")
-        self._cache = NodeCache(store.get_block, limits)
+        # checkout() views read through the cache outside Repo methods: misses take the lock
+        self._cache = NodeCache(self._get_block_locked, limits)
         self._signing_key = signing_key
         self._did = str(store.get_meta("did"))
         self._clock = TidClock(clock_id=_int_meta(store, "clock_id"))
@@ -499,6 +500,10 @@ class Repo:
 
     # -- internals -------------------------------------------------------------
 
+    def _get_block_locked(self, cid: CID) -> bytes | None:
+        with self._lock:
+            return self._store_or_raise().get_block(cid)
+
     def _store_or_raise(self) -> Store:
         store = self._store
         if store is None:
@@ -559,8 +564,11 @@ class Repo:
             root, height, records = self._apply_ops(ops)
             written = self._write_commit(root, records, key)
         self._committed(written)
+        # No data_version read here: a commit by another connection may land right
+        # after ours, and must be loaded by the next call, not marked as seen.
+        # (Our own commit does not change data_version; the in-transaction
+        # refresh above recorded the right value.)
         self._set_state(written.commit, written.rev, root, height)
-        self._seen_version = store.data_version()
         return written.commit
 
     def _apply_ops(self, ops: list[WriteOp]) -> tuple[Node, int, list[tuple[CID, bytes]]]:

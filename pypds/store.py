@@ -71,9 +71,13 @@ class Store:
         if not path.is_file():
             raise RepoNotFound(f"no repository at {directory} ({DB_NAME} not found)")
         conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
+        conn.set_busy_timeout(int(busy_timeout * 1000))  # before the first read: a closing peer may lock briefly
         store = cls(conn, path)
         try:
             version = store._scalar("PRAGMA user_version")
+        except apsw.BusyError:
+            conn.close()
+            raise RepoBusy(f"{path}: database stayed locked for {busy_timeout:g} s while opening") from None
         except apsw.Error as exc:
             conn.close()
             raise RepoNotFound(f"{path} is not a pypds database: {exc}") from None
@@ -118,10 +122,20 @@ class Store:
             raise RepoBusy(f"{self.path}: another writer holds the lock (waited {self.busy_timeout:g} s)") from None
         try:
             yield
+            self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            self._rollback()
             raise
-        self.conn.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        """Leave no transaction open, whatever state the failure left."""
+        if self.conn.get_autocommit():
+            return  # SQLite already rolled back
+        try:
+            self.conn.execute("ROLLBACK")
+        except apsw.Error:
+            if not self.conn.get_autocommit():
+                raise
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -156,9 +170,10 @@ class Store:
             ((cid.cid_bytes, rev, data) for cid, data in blocks),
         )
 
-    def iter_blocks(self) -> Iterator[tuple[CID, bytes]]:
-        for cid, data in self.conn.execute("SELECT cid, data FROM blocks ORDER BY cid"):
-            yield CID(cid), data
+    def blocks_after(self, after: bytes, limit: int) -> list[tuple[CID, bytes]]:
+        """Up to ``limit`` blocks whose CID bytes sort after ``after``, in CID order."""
+        rows = self.conn.execute("SELECT cid, data FROM blocks WHERE cid > ? ORDER BY cid LIMIT ?", (after, limit))
+        return [(CID(cid), data) for cid, data in rows]
 
     def count_blocks(self) -> int:
         return int(self._scalar("SELECT count(*) FROM blocks"))  # type: ignore[arg-type]

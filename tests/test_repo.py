@@ -117,7 +117,7 @@ def test_closed_repo_refuses_every_call(repo):
         lambda: repo.put(POST, "a", post(1)),
         lambda: repo.list(POST),
         lambda: repo.export_car(),
-        lambda: repo.blockstore.get(repo.path),
+        lambda: repo.blockstore.get(cid_for_cbor(b"x")),
     ):
         with pytest.raises(RepoClosed):
             call()
