@@ -3,8 +3,10 @@
 A blob lives at ``blobs/<first two characters of its CID>/<CID>`` (raw-codec
 CIDv1, sha2-256). Writes go to a temporary file in the same directory, are
 fsynced and renamed into place, so an interrupted write never leaves a
-partial file under a final name. Reads are checked against the CID: a
-truncated or altered file raises :class:`BlockHashMismatch`.
+partial file under a final name; new directories are fsynced into their
+parents. Temporary files left by a killed writer are removed when a
+repository is next opened (once they are an hour old). Reads are checked
+against the CID: a truncated or altered file raises :class:`BlockHashMismatch`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +22,9 @@ from .cid import CID, RAW_PREFIX, cid_for_raw
 from .errors import BlockHashMismatch, InvalidInput
 
 __all__ = ["BlobRef", "BlobStore"]
+
+#: Temporary blob files older than this (seconds) are removed when a repo opens.
+STALE_TEMP_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,7 @@ class BlobStore:
         final = self.path_for(cid)
         if final.exists() and self._matches(final, cid):
             return cid
-        final.parent.mkdir(parents=True, exist_ok=True)
+        self._make_dirs(final.parent)
         tmp = final.parent / f".tmp-{secrets.token_hex(8)}"
         try:
             with open(tmp, "wb") as out:
@@ -75,6 +81,30 @@ class BlobStore:
                 tmp.unlink()
         _fsync_dir(final.parent)
         return cid
+
+    def _make_dirs(self, shard: Path) -> None:
+        """Create ``blobs/`` and the shard directory durably (their entries fsynced)."""
+        for directory in (self.root, shard):
+            if not directory.is_dir():
+                directory.mkdir(exist_ok=True)
+                _fsync_dir(directory.parent)
+
+    def remove_stale_temps(self, older_than: float = STALE_TEMP_SECONDS) -> int:
+        """Delete temporary files left by interrupted writes; returns how many.
+
+        Only files older than ``older_than`` seconds go: a younger one may
+        belong to a write still in progress in another process.
+        """
+        removed = 0
+        cutoff = time.time() - older_than
+        for tmp in self.root.glob("*/.tmp-*"):
+            try:
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
 
     def get(self, cid: CID) -> bytes | None:
         """The blob's bytes, checked against its CID; None if absent."""

@@ -164,6 +164,7 @@ class Repo:
             repo = cls(directory, store, signing_key=key, limits=limits)
             with store.snapshot():
                 repo._refresh(force=True)
+            repo._blobs.remove_stale_temps()
         except BaseException:
             store.close()
             raise

@@ -616,3 +616,19 @@ def test_writer_blocked_past_busy_timeout_gets_repo_busy(repo):
         finally:
             repo._store.conn.execute("ROLLBACK")
         other.put(POST, "a", post(1))
+
+
+def test_stale_blob_temp_files_are_removed_on_open(tmp_path):
+    import time
+
+    with Repo.create(tmp_path / "r", DID) as repo:
+        ref = repo.put_blob(b"data", "text/plain")
+    shard = tmp_path / "r" / "blobs" / ref.cid.encode()[:2]
+    old, fresh = shard / ".tmp-old", shard / ".tmp-fresh"
+    old.write_bytes(b"partial")
+    fresh.write_bytes(b"in progress elsewhere")
+    hour_ago = time.time() - 7200
+    os.utime(old, (hour_ago, hour_ago))
+    with Repo.open(tmp_path / "r") as repo:
+        assert repo.blob(ref.cid) == b"data"
+    assert not old.exists() and fresh.exists()
