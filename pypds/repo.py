@@ -328,12 +328,15 @@ class Repo:
     @_public
     def find_cid(self, collection: str, rkey: str) -> CID | None:
         """The record's CID at HEAD, or None."""
+        return self._lookup(collection, rkey)
+
+    def _lookup(self, collection: str, rkey: str) -> CID | None:
+        path = repo_path(collection, rkey).encode()
         self._refresh()
-        return lookup(self._cache, self._root, repo_path(collection, rkey).encode())
+        return lookup(self._cache, self._root, path)
 
     def _find_bytes(self, collection: str, rkey: str) -> bytes | None:
-        self._refresh()
-        cid = lookup(self._cache, self._root, repo_path(collection, rkey).encode())
+        cid = self._lookup(collection, rkey)
         if cid is None:
             return None
         data = self._store_or_raise().get_block(cid)
@@ -465,6 +468,10 @@ class Repo:
         before anything is written; then all blocks and HEAD are written in
         one transaction. On failure the store is unchanged. Returns the
         number of blocks kept (commit, MST nodes, records).
+
+        HEAD moves to the CAR's commit even if its rev is older than the
+        current one (restoring a backup); older blocks stay, and the revs of
+        later local commits still increase past every rev this repo has seen.
         """
         loaded = LoadedCar.read(source, self._limits)
         store = self._store_or_raise()
