@@ -7,6 +7,7 @@
 See the README for the full API.
 """
 
+from .atjson import from_json, to_json
 from .blobs import BlobRef
 from .car import CarReader, CarWriter
 from .cid import CID, cid_for_cbor, cid_for_raw, parse_cid
@@ -107,6 +108,8 @@ __all__ = [
     "cid_for_cbor",
     "cid_for_raw",
     "decode_commit",
+    "from_json",
+    "to_json",
     "generate_signing_key",
     "load_signing_key",
     "parse_cid",

@@ -239,14 +239,6 @@ def test_invalid_data_model_value_nested_in_a_record_is_rejected(note):
         pcbor.encode_record(record)
 
 
-@pytest.mark.parametrize("note", JSON_ONLY_NOTES)
-def test_json_only_invalid_cases_are_out_of_scope(note):
-    # premise check: the case really cannot be turned into a DAG-CBOR value
-    with pytest.raises((TypeError, ValueError)):
-        cbrrr.encode_dag_cbor(INVALID[note], atjson_mode=True)
-    pytest.skip(f"{note!r}: JSON $bytes/$link syntax; belongs to a JSON converter pypds does not have yet")
-
-
 @pytest.mark.parametrize("note", sorted(VALID))
 def test_valid_data_model_value_is_accepted_in_a_record(note):
     value = to_data_model(VALID[note])
