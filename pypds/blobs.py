@@ -121,6 +121,17 @@ class BlobStore:
             )
         return data
 
+    def list(self, *, cursor: str | None = None, limit: int | None = None) -> list[CID]:
+        """Stored blob CIDs in string order, after ``cursor`` (a CID string), at most ``limit``."""
+        names = sorted(
+            path.name for path in self.root.glob("*/*") if not path.name.startswith(".tmp-") and path.is_file()
+        )
+        if cursor is not None:
+            names = [name for name in names if name > cursor]
+        if limit is not None:
+            names = names[:limit]
+        return [CID.decode(name) for name in names]
+
     def has(self, cid: CID) -> bool:
         return self.path_for(cid).is_file()
 

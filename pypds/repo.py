@@ -40,7 +40,18 @@ from .errors import (
 )
 from .keys import PublicKey, SigningKey, generate_signing_key, load_public_key, load_signing_key
 from .limits import DEFAULT_LIMITS, Limits
-from .mst import MST, Node, build_tree, empty_node, iter_range, iter_stream_order, key_height, lookup
+from .mst import (
+    MST,
+    Node,
+    RecordChange,
+    build_tree,
+    diff_trees,
+    empty_node,
+    iter_range,
+    iter_stream_order,
+    key_height,
+    lookup,
+)
 from .mst import delete as mst_delete
 from .mst import put as mst_put
 from .mst.cache import NodeCache
@@ -393,6 +404,26 @@ class Repo:
             found.append(collection.decode())
             start = collection + b"0"
 
+    @_public
+    def diff(self, old: CID | str, new: CID | str | None = None) -> list[RecordChange]:
+        """Record-level creates, updates and deletes from ``old`` to ``new`` (default HEAD).
+
+        Each side is a commit CID or the name of a ref. Only subtrees that
+        differ are visited.
+        """
+        self._refresh()
+        old_commit = self._load_commit(self._resolve(old))
+        new_commit = self._load_commit(self._head if new is None else self._resolve(new))
+        return list(diff_trees(self._cache, old_commit.data, new_commit.data))
+
+    def _resolve(self, commit: CID | str) -> CID:
+        """A commit CID given as a CID, its string, or the name of a ref."""
+        if isinstance(commit, str):
+            named = self._store_or_raise().get_ref(commit)
+            if named is not None:
+                return named
+        return parse_cid(commit, allow_raw=False)
+
     # -- blobs -----------------------------------------------------------------
 
     @_public
@@ -402,6 +433,13 @@ class Repo:
             raise InvalidInput(f"invalid MIME type: {shown(mime_type)}")
         cid = self._blobs.put(data)
         return BlobRef(cid=cid, mime_type=mime_type, size=len(data))
+
+    @_public
+    def list_blobs(self, *, cursor: str | None = None, limit: int | None = None) -> list[CID]:
+        """CIDs of the stored blobs, in CID-string order, after ``cursor``, at most ``limit``."""
+        if limit is not None and limit < 0:
+            raise InvalidInput(f"limit must not be negative: {limit}")
+        return self._blobs.list(cursor=cursor, limit=limit)
 
     @_public
     def blob(self, cid: CID | str) -> bytes | None:

@@ -632,3 +632,10 @@ def test_stale_blob_temp_files_are_removed_on_open(tmp_path):
     with Repo.open(tmp_path / "r") as repo:
         assert repo.blob(ref.cid) == b"data"
     assert not old.exists() and fresh.exists()
+
+
+def test_list_blobs_pages_in_cid_order(repo):
+    cids = sorted(repo.put_blob(bytes([i]) * 10, "application/octet-stream").cid.encode() for i in range(5))
+    assert [c.encode() for c in repo.list_blobs()] == cids
+    assert [c.encode() for c in repo.list_blobs(cursor=cids[1], limit=2)] == cids[2:4]
+    assert repo.list_blobs(limit=0) == []

@@ -46,6 +46,7 @@ the tree height (itself bounded by :data:`pypds.limits.MAX_MST_DEPTH`).
 """
 
 from .build import build_tree
+from .diff import RecordChange, diff_trees
 from .edit import delete, put
 from .node import Node, NodeSource, decode_node, empty_node, encode_node, key_height
 from .tree import MST, iter_range, iter_stream_order, lookup
@@ -55,10 +56,12 @@ __all__ = [
     "MST",
     "Node",
     "NodeSource",
+    "RecordChange",
     "TreeWalk",
     "build_tree",
     "decode_node",
     "delete",
+    "diff_trees",
     "empty_node",
     "encode_node",
     "iter_range",
