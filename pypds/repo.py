@@ -280,9 +280,7 @@ class Repo:
         self._check_complete(commit.data)
         store = self._store_or_raise()
         with store.transaction():
-            store.set_meta("head", cid.cid_bytes)
-            store.set_meta("rev", commit.rev)
-            self._remember_rev(store, commit.rev)
+            store.set_head(cid, commit.rev)
         self._refresh(force=True)
 
     @_public
@@ -654,9 +652,7 @@ class Repo:
         blocks.extend(records)
         blocks.append((commit_cid, block))
         store.put_blocks(blocks, rev)
-        store.set_meta("head", commit_cid.cid_bytes)
-        store.set_meta("rev", rev)
-        self._remember_rev(store, rev)
+        store.set_head(commit_cid, rev)
         return _Written(commit_cid, rev, new_nodes)
 
     def _committed(self, written: _Written) -> None:
@@ -664,11 +660,6 @@ class Repo:
         for node in written.nodes:
             node.persisted = True
             self._cache.add(node)
-
-    def _remember_rev(self, store: Store, rev: str) -> None:
-        last = store.get_meta("last_rev")
-        if last is None or rev > str(last):
-            store.set_meta("last_rev", rev)
 
     def _import_loaded(self, loaded: LoadedCar, key: PublicKey | SigningKey | str | None) -> int:
         """Check a loaded CAR against this repo and write it (inside a transaction)."""
@@ -680,9 +671,7 @@ class Repo:
         kept = loaded.tree_blocks(commit, self._limits)
         store = self._store_or_raise()
         store.put_blocks(kept, commit.rev)
-        store.set_meta("head", loaded.root.cid_bytes)
-        store.set_meta("rev", commit.rev)
-        self._remember_rev(store, commit.rev)
+        store.set_head(loaded.root, commit.rev)
         return len(kept)
 
     def _car_blocks(self, commit_cid: CID) -> Iterator[tuple[CID, bytes]]:

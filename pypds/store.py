@@ -186,6 +186,14 @@ class Store:
     def set_meta(self, key: str, value: object) -> None:
         self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
+    def set_head(self, cid: CID, rev: str) -> None:
+        """Move HEAD to ``cid`` with its ``rev``; ``last_rev`` stays the largest rev ever held."""
+        self.conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('head', ?1), ('rev', ?2), "
+            "('last_rev', max(coalesce((SELECT value FROM meta WHERE key = 'last_rev'), ''), ?2))",
+            (cid.cid_bytes, rev),
+        )
+
     # -- refs --------------------------------------------------------------
 
     def get_ref(self, name: str) -> CID | None:

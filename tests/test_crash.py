@@ -114,12 +114,11 @@ _KILL_AT = textwrap.dedent(
     elif point == "before-blob-dir-fsync":
         pypds.blobs._fsync_dir = die
     elif point.startswith("set-head"):
-        real = pypds.store.Store.set_meta
-        def set_meta(self, key, value):
-            real(self, key, value)
-            if key == "head":
-                die()
-        pypds.store.Store.set_meta = set_meta
+        real = pypds.store.Store.set_head
+        def set_head(self, cid, rev):
+            real(self, cid, rev)
+            die()
+        pypds.store.Store.set_head = set_head
     print(json.dumps({"head": repo.head.encode()}), flush=True)
     if point in ("before-blob-rename", "before-blob-dir-fsync"):
         repo.put_blob(b"k" * 200_000, "image/png")
