@@ -10,6 +10,7 @@ See the README for the full API.
 from .atjson import from_json, to_json
 from .blobs import BlobRef
 from .car import CarReader, CarWriter
+from .car_order import CarOrder, check_car_order
 from .cid import CID, cid_for_cbor, cid_for_raw, parse_cid
 from .commit import Commit, decode_commit, sign_commit
 from .errors import (
@@ -70,6 +71,7 @@ __all__ = [
     "BlockStore",
     "CID",
     "CarFormatError",
+    "CarOrder",
     "CarReader",
     "CarWriter",
     "Commit",
@@ -105,6 +107,7 @@ __all__ = [
     "SchemaVersionError",
     "SigningKey",
     "SigningKeyRequired",
+    "check_car_order",
     "cid_for_cbor",
     "cid_for_raw",
     "decode_commit",

@@ -9,6 +9,8 @@ record. What it returns is exactly the set of blocks to store.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from . import cbor
 from .car import CarReader, CarSource
 from .cid import CID, is_dag_cbor
@@ -48,23 +50,33 @@ class LoadedCar:
             raise MissingBlock(f"CAR root commit {self.root.encode()} is not in the CAR", self.root)
         return decode_commit(data, self.root)
 
-    def tree_blocks(self, commit: Commit, limits: Limits) -> list[tuple[CID, bytes]]:
-        """Walk and check the commit's tree; the blocks it reaches, commit first."""
+    def tree_blocks(
+        self, commit: Commit, limits: Limits, held: Callable[[CID], bytes | None] | None = None
+    ) -> list[tuple[CID, bytes]]:
+        """Walk and check the commit's tree; the CAR's blocks it reaches, commit first.
+
+        With ``held`` (the blocks a repository already has), the tree may be
+        completed from there: a diff CAR. Blocks found only in ``held`` are
+        checked like the rest but not returned.
+        """
+        get = self.get if held is None else (lambda cid: self.get(cid) or held(cid))
         kept = [(self.root, self.blocks[self.root.cid_bytes])]
         records: set[bytes] = set()
-        for step in walk_tree(self.get, commit.data, limits=limits):
-            if step.node is not None:
-                kept.append((step.cid, step.node.data))
-                continue
+        for step in walk_tree(get, commit.data, limits=limits):
             raw = step.cid.cid_bytes
+            if step.node is not None:
+                if raw in self.blocks:
+                    kept.append((step.cid, step.node.data))
+                continue
             if raw in records:
                 continue
-            data = self.blocks.get(raw)
+            data = get(step.cid)
             if data is None:
                 raise MissingBlock(f"record {step.cid.encode()} for {shown(step.key)} is not in the CAR", step.cid)
             check_record(step.cid, step.key, data, limits)
             records.add(raw)
-            kept.append((step.cid, data))
+            if raw in self.blocks:
+                kept.append((step.cid, data))
         return kept
 
 

@@ -30,6 +30,7 @@ from .cid import CID, parse_cid
 from .commit import Commit, decode_commit, sign_commit
 from .errors import (
     DidMismatch,
+    InvalidCommit,
     InvalidInput,
     MissingBlock,
     RecordNotFound,
@@ -57,7 +58,7 @@ from .mst import put as mst_put
 from .mst.cache import NodeCache
 from .mst.verify import walk_tree
 from .store import Store
-from .syntax import check_collection, check_did, check_record_key, repo_path
+from .syntax import check_collection, check_did, check_record_key, check_tid, repo_path
 from .tid import TidClock
 from .verify import VerifyReport, check_blob_files, verify_tree
 
@@ -517,29 +518,58 @@ class Repo:
         return count
 
     @_public
+    def apply_car(self, source: CarSource, *, key: PublicKey | SigningKey | str | None = None) -> int:
+        """Apply a diff CAR (as ``export_car(since=...)`` writes) and move HEAD to its commit.
+
+        The commit must be for this DID, newer than HEAD, and (with ``key``)
+        validly signed; the tree it names must be complete and valid using
+        the CAR's blocks together with the blocks already held. Everything
+        is checked before one transaction writes the new blocks and HEAD; on
+        failure nothing changes. Returns the number of blocks written.
+        """
+        loaded = LoadedCar.read(source, self._limits)
+        store = self._store_or_raise()
+        with store.transaction():
+            self._refresh()
+            commit = loaded.commit()
+            if commit.rev <= self._rev:
+                raise InvalidCommit(
+                    f"CAR commit {loaded.root.encode()} has rev {commit.rev}, not newer than HEAD's {self._rev}"
+                )
+            count = self._import_loaded(loaded, key, held=store.get_block)
+        self._refresh(force=True)
+        return count
+
+    @_public
     def export_car(
         self,
         dest: str | os.PathLike | BinaryIO | None = None,
         *,
         commit: CID | str | None = None,
+        since: str | None = None,
     ) -> bytes | None:
-        """Write the full CAR of HEAD (or ``commit``): commit, every MST node, every record.
+        """Write the CAR of HEAD (or ``commit``): commit, every MST node, every record.
 
         Blocks come in the stream-friendly order (each node before its
-        children, records in key order). With no ``dest`` the CAR is
-        returned as bytes; a path is written atomically; a binary file
-        object is streamed to. Nothing is built in memory for a destination.
+        children, records in key order). With ``since`` (a rev), only the
+        commit and the blocks of its tree first stored after that rev are
+        written: what a copy at ``since`` needs (see :meth:`apply_car`).
+        With no ``dest`` the CAR is returned as bytes; a path is written
+        atomically; a binary file object is streamed to. Nothing is built in
+        memory for a destination.
         """
         self._refresh()
         commit_cid = self._head if commit is None else parse_cid(commit, allow_raw=False)
+        if since is not None:
+            check_tid(since, "since rev")
         if dest is None:
             buffer = io.BytesIO()
-            self._write_car(buffer, commit_cid)
+            self._write_car(buffer, commit_cid, since)
             return buffer.getvalue()
         if isinstance(dest, (str, os.PathLike)):
-            write_car_file(dest, [commit_cid], self._car_blocks(commit_cid))
+            write_car_file(dest, [commit_cid], self._car_blocks(commit_cid, since))
             return None
-        self._write_car(dest, commit_cid)
+        self._write_car(dest, commit_cid, since)
         return None
 
     # -- internals -------------------------------------------------------------
@@ -661,20 +691,25 @@ class Repo:
             node.persisted = True
             self._cache.add(node)
 
-    def _import_loaded(self, loaded: LoadedCar, key: PublicKey | SigningKey | str | None) -> int:
+    def _import_loaded(
+        self,
+        loaded: LoadedCar,
+        key: PublicKey | SigningKey | str | None,
+        held: Callable[[CID], bytes | None] | None = None,
+    ) -> int:
         """Check a loaded CAR against this repo and write it (inside a transaction)."""
         commit = loaded.commit()
         if commit.did != self._did:
             raise DidMismatch(f"CAR commit {loaded.root.encode()} is for {commit.did}, not {self._did}")
         if key is not None:
             commit.verify(load_public_key(key))
-        kept = loaded.tree_blocks(commit, self._limits)
+        kept = loaded.tree_blocks(commit, self._limits, held)
         store = self._store_or_raise()
         store.put_blocks(kept, commit.rev)
         store.set_head(loaded.root, commit.rev)
         return len(kept)
 
-    def _car_blocks(self, commit_cid: CID) -> Iterator[tuple[CID, bytes]]:
+    def _car_blocks(self, commit_cid: CID, since: str | None = None) -> Iterator[tuple[CID, bytes]]:
         store = self._store_or_raise()
         commit_block = store.get_block(commit_cid)
         if commit_block is None:
@@ -682,7 +717,10 @@ class Repo:
         commit = decode_commit(commit_block, commit_cid)
         yield commit_cid, commit_block
         written: set[bytes] = set()
-        for cid, node in iter_stream_order(self._cache, commit.data):
+        # A block first stored at or before ``since`` was stored with all the
+        # blocks below it, so a copy at ``since`` has that whole subtree.
+        keep = None if since is None else (lambda cid: (store.block_rev(cid) or "") > since)
+        for cid, node in iter_stream_order(self._cache, commit.data, keep=keep):
             if node is not None:
                 yield cid, node.data
                 continue
@@ -694,8 +732,8 @@ class Repo:
                 raise MissingBlock(f"record block {cid.encode()} is missing", cid)
             yield cid, data
 
-    def _write_car(self, stream: BinaryIO, commit_cid: CID) -> None:
-        blocks = self._car_blocks(commit_cid)
+    def _write_car(self, stream: BinaryIO, commit_cid: CID, since: str | None = None) -> None:
+        blocks = self._car_blocks(commit_cid, since)
         first = next(blocks)  # fail before writing anything if the commit is absent
         writer = CarWriter(stream, [commit_cid])
         writer.write_block(*first)

@@ -160,6 +160,10 @@ class Store:
             return data
         return None
 
+    def block_rev(self, cid: CID) -> str | None:
+        """The rev of the commit that first stored this block, or None if absent."""
+        return self._scalar("SELECT rev FROM blocks WHERE cid = ?", (cid.cid_bytes,))  # type: ignore[return-value]
+
     def has_block(self, cid: CID) -> bool:
         return self.conn.execute("SELECT 1 FROM blocks WHERE cid = ?", (cid.cid_bytes,)).fetchone() is not None
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ..cid import CID
 from .node import Link, Node, NodeSource, resolve
@@ -98,7 +98,9 @@ def _iter_reverse(
             yield key, node.vals[index - 1]
 
 
-def iter_stream_order(source: NodeSource, root: Link) -> Iterator[tuple[CID, Node | None]]:
+def iter_stream_order(
+    source: NodeSource, root: Link, *, keep: Callable[[CID], bool] | None = None
+) -> Iterator[tuple[CID, Node | None]]:
     """Every node and record of a tree in the stream-friendly CAR order.
 
     Yields ``(cid, node)`` for MST nodes and ``(cid, None)`` for records:
@@ -106,16 +108,21 @@ def iter_stream_order(source: NodeSource, root: Link) -> Iterator[tuple[CID, Nod
     then each entry's record followed by that entry's right subtree (so
     records come in key order). Iterative; no structural checks (use
     :func:`~pypds.mst.verify.walk_tree` for untrusted blocks).
+
+    With ``keep``, a record or node whose CID fails ``keep(cid)`` is left
+    out, and so is everything below such a node.
     """
     stack: list = [root]
     while stack:
         item = stack.pop()
         if type(item) is tuple:
-            yield item[0], None
+            if keep is None or keep(item[0]):
+                yield item[0], None
+            continue
+        if item is None or (keep is not None and not keep(item if type(item) is CID else item.cid)):
             continue
         node = resolve(source, item)
-        if node is None:
-            continue
+        assert node is not None
         yield node.cid, node
         pending: list = [node.links[0]]
         for i, value in enumerate(node.vals):
