@@ -54,7 +54,7 @@ from .keys import (
 )
 from .limits import Limits
 from .mst import MST
-from .repo import Batch, BlockStore, Repo
+from .repo import Batch, BlockStore, GcReport, Repo
 from .verify import Check, Outcome, VerifyReport, verify_car
 
 __version__ = "0.1.0"
@@ -76,6 +76,7 @@ __all__ = [
     "CarWriter",
     "Commit",
     "DidMismatch",
+    "GcReport",
     "IntegrityError",
     "InvalidCbor",
     "InvalidCid",

@@ -21,7 +21,7 @@ from pathlib import Path
 from .cid import CID, RAW_PREFIX, cid_for_raw
 from .errors import BlockHashMismatch, InvalidInput
 
-__all__ = ["BlobRef", "BlobStore"]
+__all__ = ["BlobRef", "BlobStore", "blob_refs"]
 
 #: Temporary blob files older than this (seconds) are removed when a repo opens.
 STALE_TEMP_SECONDS = 3600.0
@@ -47,6 +47,38 @@ class BlobRef:
     def to_record(self) -> dict:
         """The DAG-CBOR form to embed in a record passed to ``Repo.put``."""
         return {"$type": "blob", "ref": self.cid, "mimeType": self.mime_type, "size": self.size}
+
+
+def blob_refs(value: object) -> list[CID]:
+    """CIDs of the blobs a record references, in document order, without repeats.
+
+    Recognises the typed form ``{"$type": "blob", "ref": CID, ...}`` and the
+    legacy form ``{"cid": "<CID string>", "mimeType": str}``. Iterative.
+    """
+    found: dict[bytes, CID] = {}
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is dict:
+            cid = _blob_ref_of(item)
+            if cid is not None:
+                found.setdefault(cid.cid_bytes, cid)
+                continue
+            stack.extend(reversed(list(item.values())))
+        elif type(item) is list:
+            stack.extend(reversed(item))
+    return list(found.values())
+
+
+def _blob_ref_of(item: dict) -> CID | None:
+    if item.get("$type") == "blob" and type(item.get("ref")) is CID:
+        return item["ref"]
+    if item.keys() == {"cid", "mimeType"} and type(item["cid"]) is str:
+        try:
+            return CID.decode(item["cid"])
+        except ValueError:
+            return None
+    return None
 
 
 class BlobStore:
@@ -131,6 +163,26 @@ class BlobStore:
         if limit is not None:
             names = names[:limit]
         return [CID.decode(name) for name in names]
+
+    def remove_unreferenced(self, referenced: set[bytes], older_than: float) -> tuple[int, int]:
+        """Delete blob files whose CID is not in ``referenced`` and that are older than
+        ``older_than`` seconds; returns (files, bytes) removed."""
+        files = size = 0
+        cutoff = time.time() - older_than
+        for path in self.root.glob("*/*"):
+            if path.name.startswith(".tmp-"):
+                continue
+            try:
+                cid = CID.decode(path.name)
+                stat = path.stat()
+            except (ValueError, FileNotFoundError):
+                continue
+            if cid.cid_bytes in referenced or stat.st_mtime >= cutoff:
+                continue
+            path.unlink(missing_ok=True)
+            files += 1
+            size += stat.st_size
+        return files, size
 
     def has(self, cid: CID) -> bool:
         return self.path_for(cid).is_file()

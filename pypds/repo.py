@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, NamedTuple, TypeVar
 
 from . import cbor
 from .batch import Batch, WriteOp
-from .blobs import BlobRef, BlobStore
+from .blobs import BlobRef, BlobStore, blob_refs
 from .blockstore import BlockStore
 from .car import CarSource, CarWriter, write_car_file
 from .car_import import LoadedCar
@@ -62,7 +62,7 @@ from .syntax import check_collection, check_did, check_record_key, check_tid, re
 from .tid import TidClock
 from .verify import VerifyReport, check_blob_files, verify_tree
 
-__all__ = ["Repo", "Batch", "BlockStore"]
+__all__ = ["Repo", "Batch", "BlockStore", "GcReport"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -445,6 +445,61 @@ class Repo:
         """A blob's bytes, checked against its CID; None if not stored."""
         return self._blobs.get(parse_cid(cid))
 
+    @_public
+    def missing_blobs(self) -> list[CID]:
+        """Blobs referenced by records at HEAD but not stored, in key order of first use."""
+        self._refresh()
+        store = self._store_or_raise()
+        missing: dict[bytes, CID] = {}
+        for _key, cid in iter_range(self._cache, self._root):
+            data = store.get_block(cid)
+            if data is None:
+                raise MissingBlock(f"record block {cid.encode()} is missing", cid)
+            for blob in blob_refs(cbor.decode(data)):
+                if blob.cid_bytes not in missing and not self._blobs.has(blob):
+                    missing[blob.cid_bytes] = blob
+        return list(missing.values())
+
+    @_public
+    def gc(self, *, blob_grace: float = 3600.0) -> GcReport:
+        """Remove every block not reachable from HEAD or a named ref, and every blob
+        file no record in those trees references.
+
+        Blocks go in one transaction (a crash leaves all or none removed);
+        blob files are removed after it, so a crash can only leave some
+        unreferenced files for the next gc. Blob files younger than
+        ``blob_grace`` seconds are kept: another process may be about to
+        commit a record that references them. Loose blocks added with
+        ``repo.blockstore.put`` and not reachable are removed too.
+        """
+        store = self._store_or_raise()
+        with store.transaction():
+            self._refresh()
+            roots = [self._head, *(cid for _name, cid in store.list_refs())]
+            reachable, blobs = self._reachable(roots)
+            blocks, size = store.delete_blocks_except(reachable)
+        self._cache.clear()
+        files, blob_bytes = self._blobs.remove_unreferenced(blobs, blob_grace)
+        return GcReport(blocks, size, files, blob_bytes)
+
+    def _reachable(self, commits: list[CID]) -> tuple[set[bytes], set[bytes]]:
+        """Every block reachable from ``commits``, and every blob their records reference."""
+        store = self._store_or_raise()
+        reachable: set[bytes] = set()
+        blobs: set[bytes] = set()
+        for commit_cid in commits:
+            reachable.add(commit_cid.cid_bytes)
+            commit = self._load_commit(commit_cid)
+            fresh = lambda cid: cid.cid_bytes not in reachable  # noqa: E731 - shared subtrees are walked once
+            for cid, node in iter_stream_order(self._cache, commit.data, keep=fresh):
+                reachable.add(cid.cid_bytes)
+                if node is None:
+                    data = store.get_block(cid)
+                    if data is None:
+                        raise MissingBlock(f"record block {cid.encode()} is missing", cid)
+                    blobs.update(blob.cid_bytes for blob in blob_refs(cbor.decode(data)))
+        return reachable, blobs
+
     # -- refs ------------------------------------------------------------------
 
     @_public
@@ -739,6 +794,15 @@ class Repo:
         writer.write_block(*first)
         for cid, data in blocks:
             writer.write_block(cid, data)
+
+
+class GcReport(NamedTuple):
+    """What :meth:`Repo.gc` freed."""
+
+    blocks: int
+    block_bytes: int
+    blobs: int
+    blob_bytes: int
 
 
 class _Written(NamedTuple):

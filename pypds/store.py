@@ -179,6 +179,17 @@ class Store:
         rows = self.conn.execute("SELECT cid, data FROM blocks WHERE cid > ? ORDER BY cid LIMIT ?", (after, limit))
         return [(CID(cid), data) for cid, data in rows]
 
+    def delete_blocks_except(self, keep: set[bytes]) -> tuple[int, int]:
+        """Delete every block whose CID is not in ``keep``; returns (blocks, bytes) removed."""
+        self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS gc_keep (cid BLOB PRIMARY KEY) WITHOUT ROWID")
+        self.conn.execute("DELETE FROM temp.gc_keep")
+        self.conn.executemany("INSERT INTO temp.gc_keep (cid) VALUES (?)", ((cid,) for cid in keep))
+        doomed = "FROM blocks WHERE cid NOT IN (SELECT cid FROM temp.gc_keep)"
+        count, size = self.conn.execute(f"SELECT count(*), coalesce(sum(length(data)), 0) {doomed}").fetchone()
+        self.conn.execute(f"DELETE {doomed}")
+        self.conn.execute("DELETE FROM temp.gc_keep")
+        return int(count), int(size)
+
     def count_blocks(self) -> int:
         return int(self._scalar("SELECT count(*) FROM blocks"))  # type: ignore[arg-type]
 

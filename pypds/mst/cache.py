@@ -31,6 +31,10 @@ class NodeCache:
             self.add(node)
         return node
 
+    def clear(self) -> None:
+        """Forget every cached node (after blocks were removed from the store)."""
+        self._nodes.clear()
+
     def add(self, node: Node) -> None:
         if len(self._nodes) >= NODE_CACHE_SIZE:
             self._nodes.clear()
