@@ -54,6 +54,7 @@ from .keys import (
 )
 from .limits import Limits
 from .mst import MST
+from .proof import verify_proof
 from .repo import Batch, BlockStore, GcReport, Repo
 from .verify import Check, Outcome, VerifyReport, verify_car
 
@@ -66,6 +67,7 @@ __all__ = [
     "Outcome",
     "VerifyReport",
     "verify_car",
+    "verify_proof",
     "BlobRef",
     "BlockHashMismatch",
     "BlockStore",

@@ -57,6 +57,7 @@ from .mst import delete as mst_delete
 from .mst import put as mst_put
 from .mst.cache import NodeCache
 from .mst.verify import walk_tree
+from .proof import proof_path
 from .store import Store
 from .syntax import check_collection, check_did, check_record_key, check_tid, repo_path
 from .tid import TidClock
@@ -499,6 +500,30 @@ class Repo:
                         raise MissingBlock(f"record block {cid.encode()} is missing", cid)
                     blobs.update(blob.cid_bytes for blob in blob_refs(cbor.decode(data)))
         return reachable, blobs
+
+    @_public
+    def prove(self, collection: str, rkey: str, *, commit: CID | str | None = None) -> bytes:
+        """A proof CAR for collection/rkey at HEAD (or ``commit``): the commit, the MST
+        nodes on the path to the key, and the record if present (inclusion) or
+        the nodes showing where it would be (exclusion). Check with
+        :func:`pypds.verify_proof`.
+        """
+        path = repo_path(collection, rkey).encode()
+        self._refresh()
+        commit_cid = self._head if commit is None else self._resolve(commit)
+        commit_obj = self._load_commit(commit_cid)
+        store = self._store_or_raise()
+        buffer = io.BytesIO()
+        writer = CarWriter(buffer, [commit_cid])
+        writer.write_block(commit_cid, store.get_block(commit_cid))  # type: ignore[arg-type]
+        for node, value in proof_path(self._cache, commit_obj.data, path):
+            writer.write_block(node.cid, node.data)
+            if value is not None:
+                data = store.get_block(value)
+                if data is None:
+                    raise MissingBlock(f"record block {value.encode()} for {path.decode()} is missing", value)
+                writer.write_block(value, data)
+        return buffer.getvalue()
 
     # -- refs ------------------------------------------------------------------
 

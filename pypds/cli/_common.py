@@ -107,8 +107,7 @@ def signing_key_options(func: F) -> F:
         "--signing-key",
         metavar="HEX",
         envvar="PYPDS_SIGNING_KEY",
-        help="Private key (64 hex characters) to sign with, for a repository that stores none "
-        "(env PYPDS_SIGNING_KEY).",
+        help="Private key (64 hex characters) to sign with, for a repository that stores none (env PYPDS_SIGNING_KEY).",
     )(func)
 
 
@@ -161,7 +160,7 @@ def open_input(name: str) -> Iterator[tuple[BinaryIO, int | None]]:
     if path.is_dir():
         raise InputError(f"{name} is a directory, not a file")
     if not path.exists():
-        raise InputError(f"{name}: no such file")
+        raise InputError(f"{name}: no such file or directory")
     with open(path, "rb") as stream:
         yield stream, os.fstat(stream.fileno()).st_size
 
