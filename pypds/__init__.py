@@ -22,6 +22,7 @@ from .errors import (
     InvalidCbor,
     InvalidCid,
     InvalidCommit,
+    InvalidCommitMessage,
     InvalidDid,
     InvalidInput,
     InvalidMst,
@@ -43,6 +44,7 @@ from .errors import (
     SchemaVersionError,
     SigningKeyRequired,
 )
+from .firehose import VerifiedCommit, verify_commit_message
 from .keys import (
     K256SigningKey,
     P256SigningKey,
@@ -65,8 +67,10 @@ __all__ = [
     "Batch",
     "Check",
     "Outcome",
+    "VerifiedCommit",
     "VerifyReport",
     "verify_car",
+    "verify_commit_message",
     "verify_proof",
     "BlobRef",
     "BlockHashMismatch",
@@ -83,6 +87,7 @@ __all__ = [
     "InvalidCbor",
     "InvalidCid",
     "InvalidCommit",
+    "InvalidCommitMessage",
     "InvalidDid",
     "InvalidInput",
     "InvalidMst",

@@ -21,7 +21,8 @@ key or byte offset at fault.
     │   ├── InvalidMst          MST structure rules violated
     │   ├── InvalidCommit       commit object malformed
     │   ├── BadSignature        commit signature does not verify
-    │   └── DidMismatch         commit belongs to another repository
+    │   ├── DidMismatch         commit belongs to another repository
+    │   └── InvalidCommitMessage  a firehose #commit does not check out
     ├── NotFound
     │   ├── RecordNotFound
     │   └── RefNotFound
@@ -127,6 +128,10 @@ class BadSignature(IntegrityError):
 
 class DidMismatch(IntegrityError):
     """A commit's DID is not the repository's DID."""
+
+
+class InvalidCommitMessage(IntegrityError):
+    """A firehose ``#commit`` message is inconsistent with its own blocks."""
 
 
 class NotFound(PypdsError, KeyError):

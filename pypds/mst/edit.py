@@ -65,16 +65,25 @@ def _split(source: NodeSource, link: Link, key: bytes) -> tuple[Link, Link]:
 
 def delete(source: NodeSource, root: Node, height: int, key: bytes) -> tuple[Node, int]:
     """Remove ``key``; returns the new (root, height). Raises RecordNotFound."""
-    key_layer = key_height(key)
-    if key_layer > height or root.is_empty:
-        raise RecordNotFound(f"no record at {key.decode('utf-8', 'replace')}")
-    new_root = _delete_at(source, root, height, key, key_layer)
+    new_root = delete_untrimmed(source, root, height, key)
     while new_root is not None and not new_root.keys:  # trim the top
         new_root = resolve(source, new_root.links[0])
         height -= 1
     if new_root is None:
         return empty_node(), 0
     return new_root, height
+
+
+def delete_untrimmed(source: NodeSource, root: Node, height: int, key: bytes) -> Node | None:
+    """Remove ``key`` but leave key-less nodes at the top (None if nothing is left).
+
+    For callers that trim the top themselves, e.g. on a partial tree whose
+    lower nodes are known only by CID.
+    """
+    key_layer = key_height(key)
+    if key_layer > height or root.is_empty:
+        raise RecordNotFound(f"no record at {key.decode('utf-8', 'replace')}")
+    return _delete_at(source, root, height, key, key_layer)
 
 
 def _delete_at(source: NodeSource, node: Node, height: int, key: bytes, key_layer: int) -> Node | None:

@@ -1,0 +1,214 @@
+"""Firehose ``#commit`` messages (sync 1.1): covering proofs and verification by inversion.
+
+A ``#commit`` message carries the new commit, its ops (``action``, ``path``,
+``cid``, ``prev``), the previous MST root (``prevData``) and a diff CAR. The
+CAR holds every new block plus a **covering proof**: for each changed key,
+the nodes on the paths (in the new tree) to the key and to its nearest
+neighbours on either side. With those nodes a consumer can undo every op on
+the partial tree: deleting a created key re-merges what it split (the merge
+walks the neighbours' spines), re-inserting a deleted or updated key splits
+along the key's own path. The undone tree's root must equal ``prevData``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .atjson import from_json
+from .car import CarReader
+from .cid import CID
+from .commit import Commit, decode_commit
+from .errors import InvalidCommitMessage, MissingBlock, PypdsError, RecordNotFound, shown
+from .keys import PublicKey, SigningKey, load_public_key
+from .limits import DEFAULT_LIMITS, Limits
+from .mst.edit import delete_untrimmed, put
+from .mst.node import Link, Node, decode_node, empty_node, key_height, resolve
+from .mst.tree import iter_range, lookup
+from .proof import proof_path
+from .syntax import split_repo_path
+
+__all__ = ["covering_proof", "verify_commit_message", "VerifiedCommit"]
+
+
+def covering_proof(source: Any, root: Link, keys: Iterable[bytes]) -> dict[bytes, Node]:
+    """The nodes of the tree at ``root`` a consumer needs to undo changes to ``keys``.
+
+    For each key: the lookup path to the key itself, and the lookup paths to
+    its nearest neighbours below and above (the spines a merge walks).
+    Returns nodes by CID bytes.
+    """
+    nodes: dict[bytes, Node] = {}
+    for key in keys:
+        targets = [key]
+        below = next(iter_range(source, root, None, key, reverse=True), None)
+        above = next(iter_range(source, root, key + b"\x00", None), None)
+        targets.extend(found[0] for found in (below, above) if found is not None)
+        for target in targets:
+            for node, _value in proof_path(source, root, target):  # type: ignore[arg-type]
+                nodes.setdefault(node.cid.cid_bytes, node)
+    return nodes
+
+
+class _PartialTree:
+    """MST nodes from a diff CAR; a node the proof lacks is a MissingBlock naming it."""
+
+    def __init__(self, blocks: dict[bytes, bytes], commit: CID, limits: Limits) -> None:
+        self._blocks = blocks
+        self._commit = commit
+        self._limits = limits
+
+    def has(self, cid: CID) -> bool:
+        return cid.cid_bytes in self._blocks
+
+    def load_node(self, cid: CID) -> Node:
+        data = self._blocks.get(cid.cid_bytes)
+        if data is None:
+            raise MissingBlock(
+                f"commit {self._commit.encode()}: the diff CAR lacks proof block {cid.encode()} (an MST node "
+                "needed to check or undo the ops)",
+                cid,
+            )
+        return decode_node(data, cid, self._limits)
+
+
+@dataclass(frozen=True)
+class VerifiedCommit:
+    """What a verified ``#commit`` message established."""
+
+    commit: Commit
+    commit_cid: CID
+    data: CID  # the MST root after the commit
+    prev_data: CID  # the MST root before it, recomputed by undoing the ops
+    prev_data_checked: bool  # whether the message carried prevData to compare with
+
+
+def verify_commit_message(
+    message: dict,
+    *,
+    key: PublicKey | SigningKey | str | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> VerifiedCommit:
+    """Check a ``#commit`` message the sync 1.1 way; raises a PypdsError on any failure.
+
+    ``message`` is a dict as decoded from DAG-CBOR (CIDs, bytes) or in the
+    atproto JSON form (``$link``, ``$bytes``). Checks: the CAR's root is the
+    message's commit; the commit is for the message's repo and rev (and
+    signed by ``key`` when given); every create/update op's CID is the
+    value in the new tree and every deleted path is absent; undoing every op
+    on the partial tree succeeds using only the CAR's blocks; and, when the
+    message carries ``prevData``, the undone tree's root equals it.
+    """
+    msg = _normalise(message)
+    repo, rev, commit_cid = msg.get("repo"), msg.get("rev"), msg.get("commit")
+    car, ops = msg.get("blocks"), msg.get("ops")
+    if type(commit_cid) is not CID or type(car) is not bytes or type(ops) is not list:
+        raise InvalidCommitMessage("#commit message needs 'commit' (a CID), 'blocks' (a CAR) and 'ops' (a list)")
+    blocks = _read_car(car, commit_cid, limits)
+    commit = decode_commit(blocks[commit_cid.cid_bytes], commit_cid)
+    if commit.did != repo:
+        raise InvalidCommitMessage(f"commit {commit_cid.encode()} is for {commit.did}, message is for {shown(repo)}")
+    if commit.rev != rev:
+        raise InvalidCommitMessage(f"commit {commit_cid.encode()} has rev {commit.rev}, message says {shown(rev)}")
+    if key is not None:
+        commit.verify(load_public_key(key))
+    tree = _PartialTree(blocks, commit_cid, limits)
+    parsed = [_parse_op(op, index) for index, op in enumerate(ops)]
+    for path, action, cid, _prev in parsed:
+        found = lookup(tree, commit.data, path)
+        expected = None if action == "delete" else cid
+        if found != expected:
+            got = "absent" if found is None else found.encode()
+            raise InvalidCommitMessage(f"op {action} {path.decode()}: the new tree holds {got}")
+    root = _undo(tree, commit.data, parsed)
+    prev_data = msg.get("prevData")
+    if prev_data is not None:
+        if type(prev_data) is not CID:
+            raise InvalidCommitMessage("'prevData' is not a CID")
+        if root != prev_data:
+            raise InvalidCommitMessage(
+                f"undoing the ops gives MST root {root.encode()}, the message's prevData is {prev_data.encode()}"
+            )
+    return VerifiedCommit(commit, commit_cid, commit.data, root, prev_data is not None)
+
+
+def _normalise(message: dict) -> dict:
+    if type(message) is not dict:
+        raise InvalidCommitMessage(f"#commit message must be a map, not {type(message).__name__}")
+    if isinstance(message.get("blocks"), dict) or isinstance(message.get("commit"), dict):
+        # atproto JSON form; only the fields we use need converting
+        fields = {k: message[k] for k in ("repo", "rev", "commit", "blocks", "ops", "prevData") if k in message}
+        return from_json(fields)
+    return message
+
+
+def _read_car(car: bytes, commit_cid: CID, limits: Limits) -> dict[bytes, bytes]:
+    blocks: dict[bytes, bytes] = {}
+    with CarReader(car, limits=limits) as reader:
+        if reader.roots[0] != commit_cid:
+            raise InvalidCommitMessage(
+                f"diff CAR root {reader.roots[0].encode()} is not the message's commit {commit_cid.encode()}"
+            )
+        for cid, data in reader:
+            blocks[cid.cid_bytes] = data
+    if commit_cid.cid_bytes not in blocks:
+        raise MissingBlock(f"diff CAR lacks the commit block {commit_cid.encode()}", commit_cid)
+    return blocks
+
+
+_ACTIONS = {"create", "update", "delete"}
+
+
+def _parse_op(op: Any, index: int) -> tuple[bytes, str, CID | None, CID | None]:
+    if type(op) is not dict:
+        raise InvalidCommitMessage(f"op {index} is not a map")
+    action, path, cid, prev = op.get("action"), op.get("path"), op.get("cid"), op.get("prev")
+    if action not in _ACTIONS:
+        raise InvalidCommitMessage(f"op {index}: unknown action {shown(action)}")
+    try:
+        split_repo_path(path)
+    except PypdsError as exc:
+        raise InvalidCommitMessage(f"op {index}: {exc}") from None
+    if (action == "delete") != (cid is None) or (cid is not None and type(cid) is not CID):
+        raise InvalidCommitMessage(f"op {index} ({action} {path}): 'cid' must be a CID, or null for a delete")
+    if prev is not None and type(prev) is not CID:
+        raise InvalidCommitMessage(f"op {index} ({action} {path}): 'prev' is not a CID")
+    return path.encode(), action, cid, prev
+
+
+def _undo(tree: _PartialTree, root_cid: CID, ops: list[tuple[bytes, str, CID | None, CID | None]]) -> CID:
+    """Undo the ops (in reverse order) on the partial tree; the resulting root CID."""
+    root: Link = root_cid
+    height = -1
+    for path, action, _cid, prev in reversed(ops):
+        node = resolve(tree, root) or empty_node()
+        if height < 0:
+            height = key_height(node.keys[0]) if node.keys else 0
+        try:
+            if action == "create":
+                root, height = _trim_partial(tree, delete_untrimmed(tree, node, height, path), height)
+            elif prev is None:
+                # without the old value an update or delete cannot be undone
+                raise InvalidCommitMessage(f"op {action} {path.decode()} has no 'prev': the commit cannot be inverted")
+            else:
+                root, height = put(tree, node, height, path, prev)
+        except RecordNotFound:
+            raise InvalidCommitMessage(f"undoing create {path.decode()}: the key is not in the tree") from None
+    return root if type(root) is CID else root.cid  # type: ignore[union-attr,return-value]
+
+
+def _trim_partial(tree: _PartialTree, node: Node | None, height: int) -> tuple[Link, int]:
+    """Trim key-less nodes off the top without loading a node the proof lacks.
+
+    A key-less top node's single child becomes the root. If that child is
+    known only by CID it is not in the diff CAR because the commit did not
+    change it: it is the previous root, which has keys, so trimming stops.
+    """
+    while node is not None and not node.keys:
+        child = node.links[0]
+        height -= 1
+        if type(child) is CID and not tree.has(child):
+            return child, height
+        node = resolve(tree, child)
+    return (empty_node() if node is None else node), max(height, 0)
