@@ -17,6 +17,7 @@ import shutil
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple, TypeVar
 
@@ -33,16 +34,19 @@ from .errors import (
     InvalidCommit,
     InvalidInput,
     MissingBlock,
+    NotFound,
     RecordNotFound,
     RefNotFound,
     RepoClosed,
     SigningKeyRequired,
     shown,
 )
+from .firehose import covering_proof
 from .keys import PublicKey, SigningKey, generate_signing_key, load_public_key, load_signing_key
 from .limits import DEFAULT_LIMITS, Limits
 from .mst import (
     MST,
+    Link,
     Node,
     RecordChange,
     build_tree,
@@ -502,6 +506,61 @@ class Repo:
         return reachable, blobs
 
     @_public
+    def commit_event(self, commit: CID | str | None = None) -> dict:
+        """The sync 1.1 ``#commit`` message for HEAD's commit (or ``commit``), as DAG-CBOR values.
+
+        Holds ``repo``, ``commit``, ``rev``, ``since`` (the previous rev),
+        ``prevData`` (the previous MST root), ``ops`` (``action``, ``path``,
+        ``cid``, and ``prev`` for updates and deletes), ``blobs`` and
+        ``blocks``: a CAR with the commit, every block the commit added, and
+        the covering-proof nodes a consumer needs to undo the ops. Works for
+        commits made or received (``apply_car``) here; the first commit of a
+        history is described against the empty tree.
+        """
+        self._refresh()
+        cid = self._head if commit is None else self._resolve(commit)
+        store = self._store_or_raise()
+        history = store.commit_history(cid)
+        if history is None:
+            raise NotFound(f"commit {cid.encode()} was not made here: its predecessor is unknown")
+        new = self._load_commit(cid)
+        prev = None if history[1] is None else self._load_commit(history[1])
+        old_root: Link = empty_node() if prev is None else prev.data
+        changes = list(diff_trees(self._cache, old_root, new.data))
+        blocks = io.BytesIO()
+        writer = CarWriter(blocks, [cid])
+        written: set[bytes] = set()
+        for block_cid, data in self._car_blocks(cid, None if prev is None else prev.rev):
+            written.add(block_cid.cid_bytes)
+            writer.write_block(block_cid, data)
+        proof = covering_proof(self._cache, new.data, [change.path.encode() for change in changes])
+        for raw, node in proof.items():
+            if raw not in written:
+                writer.write_block(node.cid, node.data)
+        return {
+            "repo": self._did,
+            "commit": cid,
+            "rev": new.rev,
+            "since": None if prev is None else prev.rev,
+            "prevData": None if prev is None else prev.data,
+            "ops": [_op(change) for change in changes],
+            "blobs": self._new_blob_refs(changes),
+            "blocks": blocks.getvalue(),
+            "rebase": False,
+            "tooBig": False,
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        }
+
+    def _new_blob_refs(self, changes: list[RecordChange]) -> list[CID]:
+        found: dict[bytes, CID] = {}
+        store = self._store_or_raise()
+        for change in changes:
+            data = None if change.new is None else store.get_block(change.new)
+            for blob in [] if data is None else blob_refs(cbor.decode(data)):
+                found.setdefault(blob.cid_bytes, blob)
+        return list(found.values())
+
+    @_public
     def prove(self, collection: str, rkey: str, *, commit: CID | str | None = None) -> bytes:
         """A proof CAR for collection/rkey at HEAD (or ``commit``): the commit, the MST
         nodes on the path to the key, and the record if present (inclusion) or
@@ -616,7 +675,7 @@ class Repo:
                 raise InvalidCommit(
                     f"CAR commit {loaded.root.encode()} has rev {commit.rev}, not newer than HEAD's {self._rev}"
                 )
-            count = self._import_loaded(loaded, key, held=store.get_block)
+            count = self._import_loaded(loaded, key, held=store.get_block, prev=self._head)
         self._refresh(force=True)
         return count
 
@@ -763,6 +822,7 @@ class Repo:
         blocks.append((commit_cid, block))
         store.put_blocks(blocks, rev)
         store.set_head(commit_cid, rev)
+        store.record_commit(commit_cid, rev, self._head if self._head.cid_bytes else None)
         return _Written(commit_cid, rev, new_nodes)
 
     def _committed(self, written: _Written) -> None:
@@ -776,8 +836,12 @@ class Repo:
         loaded: LoadedCar,
         key: PublicKey | SigningKey | str | None,
         held: Callable[[CID], bytes | None] | None = None,
+        prev: CID | None = None,
     ) -> int:
-        """Check a loaded CAR against this repo and write it (inside a transaction)."""
+        """Check a loaded CAR against this repo and write it (inside a transaction).
+
+        ``prev`` is the commit the CAR's commit follows (known for a diff CAR).
+        """
         commit = loaded.commit()
         if commit.did != self._did:
             raise DidMismatch(f"CAR commit {loaded.root.encode()} is for {commit.did}, not {self._did}")
@@ -787,6 +851,8 @@ class Repo:
         store = self._store_or_raise()
         store.put_blocks(kept, commit.rev)
         store.set_head(loaded.root, commit.rev)
+        if prev is not None:  # a full import's predecessor is unknown: no #commit event for it
+            store.record_commit(loaded.root, commit.rev, prev)
         return len(kept)
 
     def _car_blocks(self, commit_cid: CID, since: str | None = None) -> Iterator[tuple[CID, bytes]]:
@@ -873,6 +939,13 @@ def _check_ref_name(name: str) -> str:
     if not isinstance(name, str) or not name or len(name) > 256 or not name.isprintable():
         raise InvalidInput(f"invalid ref name {shown(name)}: 1-256 printable characters")
     return name
+
+
+def _op(change: RecordChange) -> dict:
+    op: dict = {"action": change.action, "path": change.path, "cid": change.new}
+    if change.old is not None:
+        op["prev"] = change.old
+    return op
 
 
 def _first_missing_dir(directory: Path) -> Path | None:

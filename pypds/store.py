@@ -28,14 +28,18 @@ from .errors import RepoBusy, RepoExists, RepoNotFound, SchemaVersionError, show
 
 __all__ = ["Store", "SCHEMA_VERSION", "DB_NAME"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "pds.db"
 
-_SCHEMA = """
+_COMMITS = "CREATE TABLE commits (cid BLOB PRIMARY KEY, rev TEXT NOT NULL, prev BLOB) WITHOUT ROWID;"
+_SCHEMA = f"""
 CREATE TABLE blocks (cid BLOB PRIMARY KEY, rev TEXT NOT NULL, data BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE refs (name TEXT PRIMARY KEY, cid BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+{_COMMITS}
 """
+#: SQL that takes a store from version N to N + 1.
+_MIGRATIONS = {1: _COMMITS}
 
 _SYNC = {"full": "FULL", "normal": "NORMAL"}
 
@@ -84,14 +88,25 @@ class Store:
         if version == 0:
             conn.close()
             raise RepoNotFound(f"{path} holds no pypds repository (empty or unfinished create)")
-        if version != SCHEMA_VERSION:
+        if version not in _MIGRATIONS and version != SCHEMA_VERSION:
             conn.close()
             newer = "newer" if version > SCHEMA_VERSION else "unknown"
             raise SchemaVersionError(
                 f"{path} has schema version {version} ({newer}); this pypds reads version {SCHEMA_VERSION}"
             )
         store._configure(durability, busy_timeout)
+        if version != SCHEMA_VERSION:
+            store._migrate()
         return store
+
+    def _migrate(self) -> None:
+        """Bring an older store up to SCHEMA_VERSION, in one transaction."""
+        with self.transaction():
+            version = int(self._scalar("PRAGMA user_version"))  # type: ignore[arg-type]
+            while version < SCHEMA_VERSION:  # another process may have migrated meanwhile
+                self.conn.execute(_MIGRATIONS[version])
+                version += 1
+                self.conn.execute(f"PRAGMA user_version = {version}")
 
     def _configure(self, durability: str, busy_timeout: float) -> None:
         if durability not in _SYNC:
@@ -208,6 +223,20 @@ class Store:
             "('last_rev', max(coalesce((SELECT value FROM meta WHERE key = 'last_rev'), ''), ?2))",
             (cid.cid_bytes, rev),
         )
+
+    def record_commit(self, cid: CID, rev: str, prev: CID | None) -> None:
+        """Remember that commit ``cid`` was made (or received) on top of ``prev``."""
+        self.conn.execute(
+            "INSERT OR IGNORE INTO commits (cid, rev, prev) VALUES (?, ?, ?)",
+            (cid.cid_bytes, rev, None if prev is None else prev.cid_bytes),
+        )
+
+    def commit_history(self, cid: CID) -> tuple[str, CID | None] | None:
+        """(rev, previous commit) for a commit made or received here, or None if unknown."""
+        row = self.conn.execute("SELECT rev, prev FROM commits WHERE cid = ?", (cid.cid_bytes,)).fetchone()
+        if row is None:
+            return None
+        return row[0], None if row[1] is None else CID(row[1])
 
     # -- refs --------------------------------------------------------------
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import copy
+import io
 import itertools
 import json
 
 import pytest
 
-from pypds import CID, InvalidCommitMessage, MissingBlock, PypdsError
+from pypds import CID, CarWriter, InvalidCommitMessage, MissingBlock, PypdsError
 from pypds.firehose import _PartialTree, _undo, covering_proof, verify_commit_message
 from pypds.mst import build_tree, delete, put
 
@@ -134,3 +135,103 @@ def test_message_with_a_wrong_prev_data_is_rejected():
     msg["prevData"] = {"$link": "bafyreie5cvv4h45feadgeuwhbcutmh6t2ceseocckahdoe6uat64zmz454"}
     with pytest.raises(InvalidCommitMessage, match="prevData"):
         verify_commit_message(msg)
+
+
+# -- events pypds produces -----------------------------------------------------------------
+
+from pypds import Repo, to_json  # noqa: E402
+from pypds.car import CarReader  # noqa: E402
+
+from .conftest import DID, POST, post  # noqa: E402
+
+
+def _check_event(repo, event, prev_commit):
+    result = verify_commit_message(event, key=repo.did_key)
+    assert result.prev_data_checked
+    assert result.prev_data == repo.commit(prev_commit).data
+    assert event["since"] == repo.commit(prev_commit).rev
+    # the same message in the atproto JSON form
+    assert verify_commit_message(to_json(event), key=repo.did_key).prev_data == result.prev_data
+
+
+def test_every_kind_of_commit_produces_an_event_that_verifies(repo):
+    with repo.batch() as batch:
+        for i in range(300):
+            batch.put(POST, f"k{i:04d}", post(i))
+    steps = [
+        lambda: repo.put(POST, "k0150a", post(1000)),  # create
+        lambda: repo.put(POST, "k0007", post(1001)),  # update
+        lambda: repo.delete(POST, "k0100"),  # delete
+        lambda: repo.put("app.bsky.feed.like", "zzz", {"$type": "app.bsky.feed.like"}),  # new collection
+    ]
+    for step in steps:
+        before = repo.head
+        step()
+        _check_event(repo, repo.commit_event(), before)
+    before = repo.head
+    with repo.batch() as batch:
+        batch.put(POST, "k0042", post(2000))
+        batch.delete(POST, "k0043")
+        for i in range(5):
+            batch.put(POST, f"n{i}", post(3000 + i))
+    event = repo.commit_event()
+    assert sorted(op["action"] for op in event["ops"]) == ["create"] * 5 + ["delete", "update"]
+    _check_event(repo, event, before)
+    blocks = list(CarReader(event["blocks"]))
+    assert blocks[0][0] == repo.head and len(blocks) < 60  # a diff, not the repo
+
+
+def test_event_lists_new_blobs(repo):
+    ref = repo.put_blob(b"image bytes", "image/png")
+    repo.put(POST, "with-image", {"$type": POST, "embed": ref.to_record()})
+    assert repo.commit_event()["blobs"] == [ref.cid]
+
+
+def test_event_of_an_applied_diff_verifies(repo, tmp_path):
+    with repo.batch() as batch:
+        for i in range(50):
+            batch.put(POST, f"k{i:04d}", post(i))
+    with Repo.from_car(tmp_path / "mirror", repo.export_car()) as mirror:
+        since, before = mirror.rev, mirror.head
+        repo.put(POST, "k0010x", post(99))
+        mirror.apply_car(repo.export_car(since=since))
+        event = mirror.commit_event()
+        assert verify_commit_message(event, key=repo.did_key).prev_data == mirror.commit(before).data
+
+
+def test_event_with_a_dropped_proof_block_fails_naming_it(repo):
+    with repo.batch() as batch:
+        for i in range(300):
+            batch.put(POST, f"k{i:04d}", post(i))
+    repo.delete(POST, "k0150")
+    event = repo.commit_event()
+    blocks = list(CarReader(event["blocks"]))
+    out = io.BytesIO()
+    writer = CarWriter(out, [blocks[0][0]])
+    for cid, data in blocks[:-1]:
+        writer.write_block(cid, data)
+    with pytest.raises((MissingBlock, InvalidCommitMessage)):
+        verify_commit_message({**event, "blocks": out.getvalue()})
+
+
+def test_commit_made_elsewhere_has_no_event(repo, tmp_path):
+    from pypds import NotFound
+
+    repo.put(POST, "a", post(1))
+    with Repo.from_car(tmp_path / "copy", repo.export_car()) as copy, pytest.raises(NotFound):
+        copy.commit_event()
+
+
+def test_version_1_store_is_migrated_on_open(tmp_path):
+    import apsw
+
+    Repo.create(tmp_path / "r", DID).close()
+    conn = apsw.Connection(str(tmp_path / "r" / "pds.db"))
+    conn.execute("DROP TABLE commits; PRAGMA user_version = 1")
+    conn.close()
+    with Repo.open(tmp_path / "r") as repo:
+        before = repo.head
+        repo.put(POST, "a", post(1))
+        _check_event(repo, repo.commit_event(), before)
+    conn = apsw.Connection(str(tmp_path / "r" / "pds.db"))
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2

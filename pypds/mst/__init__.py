@@ -48,11 +48,12 @@ the tree height (itself bounded by :data:`pypds.limits.MAX_MST_DEPTH`).
 from .build import build_tree
 from .diff import RecordChange, diff_trees
 from .edit import delete, put
-from .node import Node, NodeSource, decode_node, empty_node, encode_node, key_height
+from .node import Link, Node, NodeSource, decode_node, empty_node, encode_node, key_height
 from .tree import MST, iter_range, iter_stream_order, lookup
 from .verify import TreeWalk, walk_tree
 
 __all__ = [
+    "Link",
     "MST",
     "Node",
     "NodeSource",
