@@ -439,11 +439,26 @@ class Repo:
         return BlobRef(cid=cid, mime_type=mime_type, size=len(data))
 
     @_public
-    def list_blobs(self, *, cursor: str | None = None, limit: int | None = None) -> list[CID]:
-        """CIDs of the stored blobs, in CID-string order, after ``cursor``, at most ``limit``."""
+    def list_blobs(self, *, since: str | None = None, cursor: str | None = None, limit: int | None = None) -> list[CID]:
+        """CIDs of stored blobs, in CID-string order, after ``cursor``, at most ``limit``.
+
+        With ``since`` (a rev), only the blobs referenced by records created
+        or updated at HEAD after that rev: what a copy at ``since`` may lack.
+        If no commit at or before ``since`` is known here (an imported
+        history), every blob referenced at HEAD is listed.
+        """
         if limit is not None and limit < 0:
             raise InvalidInput(f"limit must not be negative: {limit}")
-        return self._blobs.list(cursor=cursor, limit=limit)
+        if since is None:
+            return self._blobs.list(cursor=cursor, limit=limit)
+        check_tid(since, "since rev")
+        self._refresh()
+        base = self._store_or_raise().commit_at(since)
+        old_root: Link = empty_node() if base is None else self._load_commit(base).data
+        changes = [c for c in diff_trees(self._cache, old_root, self._root) if c.new is not None]
+        names = sorted(cid.encode() for cid in self._new_blob_refs(changes) if self._blobs.has(cid))
+        names = [name for name in names if cursor is None or name > cursor][:limit]
+        return [CID.decode(name) for name in names]
 
     @_public
     def blob(self, cid: CID | str) -> bytes | None:

@@ -238,6 +238,11 @@ class Store:
             return None
         return row[0], None if row[1] is None else CID(row[1])
 
+    def commit_at(self, rev: str) -> CID | None:
+        """The latest commit made or received here with a rev at or before ``rev``."""
+        value = self._scalar("SELECT cid FROM commits WHERE rev <= ? ORDER BY rev DESC LIMIT 1", (rev,))
+        return None if value is None else CID(value)  # type: ignore[arg-type]
+
     # -- refs --------------------------------------------------------------
 
     def get_ref(self, name: str) -> CID | None:

@@ -110,3 +110,19 @@ def test_gc_removes_superseded_commits_then_nothing_more(repo):
     assert tuple(repo.gc()) == (0, 0, 0, 0)
     assert repo.export_car() == car
     assert repo.blockstore.has(cid_for_cbor(repo.find_bytes(POST, "a")))
+
+
+def test_list_blobs_since_a_rev_lists_only_newly_referenced_blobs(repo):
+    old = repo.put_blob(b"old image", "image/png")
+    repo.put(POST, "a", {"$type": POST, "img": old.to_record()})
+    since = repo.rev
+    new = repo.put_blob(b"new image", "image/png")
+    unreferenced = repo.put_blob(b"not referenced", "image/png")
+    repo.put(POST, "b", {"$type": POST, "img": new.to_record()})
+    assert repo.list_blobs(since=since) == [new.cid]
+    assert repo.list_blobs(since=repo.rev) == []
+    assert {c.encode() for c in repo.list_blobs()} == {old.cid.encode(), new.cid.encode(), unreferenced.cid.encode()}
+    # a rev before any known commit: everything referenced at HEAD
+    assert sorted(c.encode() for c in repo.list_blobs(since="2222222222222")) == sorted(
+        [old.cid.encode(), new.cid.encode()]
+    )
