@@ -421,7 +421,9 @@ class Repo:
         return list(diff_trees(self._cache, old_commit.data, new_commit.data))
 
     def _resolve(self, commit: CID | str) -> CID:
-        """A commit CID given as a CID, its string, or the name of a ref."""
+        """A commit CID given as a CID, its string, ``"HEAD"``, or the name of a ref."""
+        if commit == "HEAD":
+            return self._head
         if isinstance(commit, str):
             named = self._store_or_raise().get_ref(commit)
             if named is not None:

@@ -81,3 +81,10 @@ def test_repo_diff_between_commits_and_refs(repo):
     assert changes[1].old == old_b and changes[1].new == repo.find_cid(POST, "b")
     assert repo.diff(repo.head) == []
     assert [c.action for c in repo.diff(repo.head, "before")] == ["create", "update", "delete"]
+
+
+def test_head_names_the_current_commit(repo):
+    repo.put(POST, "a", post(1))
+    before = repo.head
+    repo.put(POST, "b", post(2))
+    assert [c.path for c in repo.diff(before, "HEAD")] == [f"{POST}/b"]
