@@ -12,14 +12,13 @@ against the CID: a truncated or altered file raises :class:`BlockHashMismatch`.
 from __future__ import annotations
 
 import hashlib
-import os
-import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .cid import CID, RAW_PREFIX, cid_for_raw
 from .errors import BlockHashMismatch, InvalidInput
+from .files import TEMP_PREFIX, atomic_file, fsync_dir
 
 __all__ = ["BlobRef", "BlobStore", "blob_refs"]
 
@@ -101,17 +100,9 @@ class BlobStore:
         if final.exists() and self._matches(final, cid):
             return cid
         self._make_dirs(final.parent)
-        tmp = final.parent / f".tmp-{secrets.token_hex(8)}"
-        try:
-            with open(tmp, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        _fsync_dir(final.parent)
+        with atomic_file(final) as out:
+            out.write(data)
+        fsync_dir(final.parent)
         return cid
 
     def _make_dirs(self, shard: Path) -> None:
@@ -119,7 +110,7 @@ class BlobStore:
         for directory in (self.root, shard):
             if not directory.is_dir():
                 directory.mkdir(exist_ok=True)
-                _fsync_dir(directory.parent)
+                fsync_dir(directory.parent)
 
     def remove_stale_temps(self, older_than: float = STALE_TEMP_SECONDS) -> int:
         """Delete temporary files left by interrupted writes; returns how many.
@@ -129,7 +120,7 @@ class BlobStore:
         """
         removed = 0
         cutoff = time.time() - older_than
-        for tmp in self.root.glob("*/.tmp-*"):
+        for tmp in self.root.glob(f"*/{TEMP_PREFIX}*"):
             try:
                 if tmp.stat().st_mtime < cutoff:
                     tmp.unlink()
@@ -156,7 +147,7 @@ class BlobStore:
     def list(self, *, cursor: str | None = None, limit: int | None = None) -> list[CID]:
         """Stored blob CIDs in string order, after ``cursor`` (a CID string), at most ``limit``."""
         names = sorted(
-            path.name for path in self.root.glob("*/*") if not path.name.startswith(".tmp-") and path.is_file()
+            path.name for path in self.root.glob("*/*") if not path.name.startswith(TEMP_PREFIX) and path.is_file()
         )
         if cursor is not None:
             names = [name for name in names if name > cursor]
@@ -170,7 +161,7 @@ class BlobStore:
         files = size = 0
         cutoff = time.time() - older_than
         for path in self.root.glob("*/*"):
-            if path.name.startswith(".tmp-"):
+            if path.name.startswith(TEMP_PREFIX):
                 continue
             try:
                 cid = CID.decode(path.name)
@@ -189,11 +180,3 @@ class BlobStore:
 
     def _matches(self, path: Path, cid: CID) -> bool:
         return hashlib.sha256(path.read_bytes()).digest() == cid.cid_bytes[4:]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -17,13 +17,13 @@ import hashlib
 import io
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import BinaryIO
 
 import cbrrr
 
 from .cid import CID, DAG_CBOR_PREFIX, RAW_PREFIX, check_cid_bytes
 from .errors import BlockHashMismatch, CarFormatError, LimitExceeded, shown
+from .files import atomic_file
 from .limits import DEFAULT_LIMITS, Limits
 
 __all__ = ["CarSource", "CarReader", "CarWriter", "encode_varint", "open_car_source"]
@@ -211,16 +211,7 @@ class CarWriter:
 
 def write_car_file(path: str | os.PathLike, roots: list[CID], blocks: Iterator[tuple[CID, bytes]]) -> None:
     """Write a CAR to ``path`` atomically (temporary file, fsync, rename)."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as stream:
-            writer = CarWriter(stream, roots)
-            for cid, data in blocks:
-                writer.write_block(cid, data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_file(path) as stream:
+        writer = CarWriter(stream, roots)
+        for cid, data in blocks:
+            writer.write_block(cid, data)

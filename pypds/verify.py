@@ -31,6 +31,7 @@ from .errors import (
     PypdsError,
     shown,
 )
+from .files import TEMP_PREFIX
 from .keys import PublicKey, SigningKey, load_public_key
 from .limits import DEFAULT_LIMITS, Limits
 from .mst.verify import TreeWalk, walk_tree
@@ -276,7 +277,7 @@ def check_blob_files(report: VerifyReport, blobs_dir: Path) -> None:
     count = 0
     if blobs_dir.is_dir():
         for path in sorted(blobs_dir.glob("*/*")):
-            if path.name.startswith(".tmp-"):
+            if path.name.startswith(TEMP_PREFIX):
                 continue
             count += 1
             try:

@@ -20,6 +20,7 @@ import apsw
 import pytest
 
 import pypds.blobs
+import pypds.files
 from pypds import CID, BlockHashMismatch, Repo, cid_for_raw
 
 from .conftest import DID, POST, post
@@ -100,7 +101,7 @@ def test_checks_catch_damage(tmp_path, damage):
 _KILL_AT = textwrap.dedent(
     """
     import os, signal, sys, json
-    import pypds.blobs, pypds.store
+    import pypds.blobs, pypds.files, pypds.store
     from pypds import Repo
 
     repo_dir, point, car = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -110,9 +111,9 @@ _KILL_AT = textwrap.dedent(
 
     repo = Repo.open(repo_dir)
     if point == "before-blob-rename":
-        pypds.blobs.os.replace = die
+        pypds.files.os.replace = die
     elif point == "before-blob-dir-fsync":
-        pypds.blobs._fsync_dir = die
+        pypds.blobs.fsync_dir = die
     elif point.startswith("set-head"):
         real = pypds.store.Store.set_head
         def set_head(self, cid, rev):
@@ -242,7 +243,7 @@ def test_put_blob_interrupted_at_rename_leaves_nothing(repo, monkeypatch):
     def broken_replace(src, dst):
         raise OSError(28, "No space left on device (simulated)")
 
-    monkeypatch.setattr(pypds.blobs.os, "replace", broken_replace)
+    monkeypatch.setattr(pypds.files.os, "replace", broken_replace)
     with pytest.raises(OSError, match="simulated"):
         repo.put_blob(data, "image/png")
     monkeypatch.undo()
@@ -279,7 +280,7 @@ def test_put_blob_interrupted_mid_write_leaves_nothing(repo, monkeypatch):
         f = real_open(path, mode, *args, **kwargs)
         return HalfWriter(f) if "w" in mode else f
 
-    monkeypatch.setattr(pypds.blobs, "open", half_open, raising=False)
+    monkeypatch.setattr(pypds.files, "open", half_open, raising=False)
     with pytest.raises(OSError, match="simulated"):
         repo.put_blob(data, "image/png")
     monkeypatch.undo()
@@ -295,7 +296,7 @@ def test_put_blob_interrupted_at_fsync_leaves_nothing(repo, monkeypatch):
     def broken_fsync(fd):
         raise OSError(5, "fsync failed (simulated)")
 
-    monkeypatch.setattr(pypds.blobs.os, "fsync", broken_fsync)
+    monkeypatch.setattr(pypds.files.os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="simulated"):
         repo.put_blob(data, "image/png")
     monkeypatch.undo()

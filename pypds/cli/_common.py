@@ -21,6 +21,7 @@ import click
 
 from ..cid import CID, parse_cid
 from ..errors import InvalidCommit, MissingBlock, PypdsError
+from ..files import atomic_file
 from ..keys import PublicKey, SigningKey, load_signing_key, parse_did_key
 from ..repo import Repo
 from ..syntax import is_valid_did
@@ -354,16 +355,8 @@ def binary_output(target: str | None, what: str) -> Iterator[BinaryIO]:
         raise InputError(f"{target} is a directory")
     if not path.absolute().parent.is_dir():
         raise InputError(f"cannot write {target}: directory {path.absolute().parent} does not exist")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as stream:
-            yield stream
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_file(path) as stream:
+        yield stream
 
 
 def read_json_input(name: str) -> Any:
