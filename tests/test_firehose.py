@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import io
 import itertools
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from pypds import CID, CarWriter, InvalidCommitMessage, MissingBlock, PypdsError
+from pypds import CID, CarWriter, InvalidCommitMessage, MissingBlock, PypdsError, Repo, to_json
+from pypds.car import CarReader
 from pypds.firehose import _PartialTree, _undo, covering_proof, verify_commit_message
 from pypds.mst import build_tree, delete, put
 
-from .conftest import INTEROP, REFERENCE, load_json
+from .conftest import DID, INTEROP, POST, REFERENCE, load_json, post
 from .test_mst import MemorySource
 
 PROOF_CASES = load_json(INTEROP / "firehose" / "commit-proof-fixtures.json")
@@ -139,11 +143,6 @@ def test_message_with_a_wrong_prev_data_is_rejected():
 
 # -- events pypds produces -----------------------------------------------------------------
 
-from pypds import Repo, to_json  # noqa: E402
-from pypds.car import CarReader  # noqa: E402
-
-from .conftest import DID, POST, post  # noqa: E402
-
 
 def _check_event(repo, event, prev_commit):
     result = verify_commit_message(event, key=repo.did_key)
@@ -235,3 +234,40 @@ def test_version_1_store_is_migrated_on_open(tmp_path):
         _check_event(repo, repo.commit_event(), before)
     conn = apsw.Connection(str(tmp_path / "r" / "pds.db"))
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+# -- hostile messages ----------------------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_any_mutation_of_a_message_gives_a_result_or_a_pypds_error(data):
+    msg = _message(MAIN_PDS)
+    car = bytearray(_car_bytes(msg))
+    for _ in range(data.draw(st.integers(1, 4))):
+        kind = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        pos = data.draw(st.integers(0, len(car) - 1))
+        if kind == "flip":
+            car[pos] ^= 1 << data.draw(st.integers(0, 7))
+        elif kind == "cut":
+            del car[pos:]
+            if not car:
+                car = bytearray(b"\x00")
+        else:
+            car[pos:pos] = data.draw(st.binary(min_size=1, max_size=8))
+    msg["blocks"] = {"$bytes": _b64(bytes(car))}
+    with contextlib.suppress(PypdsError):
+        verify_commit_message(msg)
+
+
+@settings(max_examples=150, deadline=2000)
+@given(
+    st.dictionaries(
+        st.sampled_from(["repo", "rev", "commit", "blocks", "ops", "prevData", "since"]),
+        st.none() | st.integers() | st.text(max_size=5) | st.binary(max_size=5) | st.lists(st.integers(), max_size=2),
+    )
+)
+def test_malformed_message_fields_give_a_pypds_error(fields):
+    msg = {**_message(MAIN_PDS), **fields}
+    with contextlib.suppress(PypdsError):
+        verify_commit_message(msg)
