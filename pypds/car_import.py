@@ -51,13 +51,18 @@ class LoadedCar:
         return decode_commit(data, self.root)
 
     def tree_blocks(
-        self, commit: Commit, limits: Limits, held: Callable[[CID], bytes | None] | None = None
+        self,
+        commit: Commit,
+        limits: Limits,
+        held: Callable[[CID], bytes | None] | None = None,
+        leaves: list[tuple[bytes, CID]] | None = None,
     ) -> list[tuple[CID, bytes]]:
         """Walk and check the commit's tree; the CAR's blocks it reaches, commit first.
 
         With ``held`` (the blocks a repository already has), the tree may be
         completed from there: a diff CAR. Blocks found only in ``held`` are
-        checked like the rest but not returned.
+        checked like the rest but not returned. ``leaves``, if given,
+        receives every ``(key, record CID)`` in key order.
         """
         get = self.get if held is None else (lambda cid: self.get(cid) or held(cid))
         kept = [(self.root, self.blocks[self.root.cid_bytes])]
@@ -68,6 +73,8 @@ class LoadedCar:
                 if raw in self.blocks:
                     kept.append((step.cid, step.node.data))
                 continue
+            if leaves is not None:
+                leaves.append((step.key, step.cid))  # type: ignore[arg-type]
             if raw in records:
                 continue
             data = get(step.cid)

@@ -55,7 +55,6 @@ from .mst import (
     iter_range,
     iter_stream_order,
     key_height,
-    lookup,
 )
 from .mst import delete as mst_delete
 from .mst import put as mst_put
@@ -65,7 +64,7 @@ from .proof import proof_path
 from .store import Store
 from .syntax import check_collection, check_did, check_record_key, check_tid, repo_path
 from .tid import TidClock
-from .verify import VerifyReport, check_blob_files, verify_tree
+from .verify import VerifyReport, check_blob_files, check_index, verify_tree
 
 __all__ = ["Repo", "Batch", "BlockStore", "GcReport"]
 
@@ -181,6 +180,10 @@ class Repo:
             repo = cls(directory, store, signing_key=key, limits=limits)
             with store.snapshot():
                 repo._refresh(force=True)
+            if store.index_head() != repo._head:  # written by an older pypds
+                with store.transaction():
+                    repo._refresh(force=True)
+                    store.index_replace(repo._head, iter_range(repo._cache, repo._root))
             repo._blobs.remove_stale_temps()
         except BaseException:
             store.close()
@@ -286,7 +289,10 @@ class Repo:
         self._check_complete(commit.data)
         store = self._store_or_raise()
         with store.transaction():
+            self._refresh()
+            changes = [(c.path.encode(), c.new) for c in diff_trees(self._cache, self._root, commit.data)]
             store.set_head(cid, commit.rev)
+            self._update_index(cid, commit.data, changes)
         self._refresh(force=True)
 
     @_public
@@ -346,15 +352,15 @@ class Repo:
         return self._lookup(collection, rkey)
 
     def _lookup(self, collection: str, rkey: str) -> CID | None:
-        path = repo_path(collection, rkey).encode()
-        self._refresh()
-        return lookup(self._cache, self._root, path)
+        found = self._store_or_raise().index_record(repo_path(collection, rkey).encode())
+        return None if found is None else found[0]
 
     def _find_bytes(self, collection: str, rkey: str) -> bytes | None:
-        cid = self._lookup(collection, rkey)
-        if cid is None:
+        # one statement on the paths index, which every HEAD move keeps in its transaction
+        found = self._store_or_raise().index_record(repo_path(collection, rkey).encode())
+        if found is None:
             return None
-        data = self._store_or_raise().get_block(cid)
+        cid, data = found
         if data is None:
             raise MissingBlock(f"record block {cid.encode()} for {collection}/{rkey} is missing", cid)
         return data
@@ -383,16 +389,11 @@ class Repo:
                 stop = edge
             else:
                 start = edge + b"\x00"
-        self._refresh()
-        out: list[tuple[str, CID]] = []
         if limit == 0:
-            return out
+            return []
         cut = len(prefix)
-        for key, cid in iter_range(self._cache, self._root, start, stop, reverse=reverse):
-            out.append((key[cut:].decode(), cid))
-            if limit is not None and len(out) >= limit:
-                break
-        return out
+        rows = self._store_or_raise().index_range(start, stop, reverse=reverse, limit=limit)
+        return [(key[cut:].decode(), cid) for key, cid in rows]
 
     @_public
     def collections(self) -> list[str]:
@@ -647,6 +648,8 @@ class Repo:
         with store.snapshot():
             head = CID(store.get_meta("head"))  # type: ignore[arg-type]
             verify_tree(store.get_block, head, report, did=self._did, key=key, limits=self._limits, rehash=True)
+            tree = [] if not report.ok else iter_range(self._cache, self._load_commit(head).data)
+            check_index(report, store.index_all(), tree)
         check_blob_files(report, self._blobs.root)
         return report
 
@@ -793,6 +796,7 @@ class Repo:
             self._refresh()  # under the write lock: we build on the latest HEAD
             root, height, records = self._apply_ops(ops)
             written = self._write_commit(root, records, key)
+            self._update_index(written.commit, root, _effects(ops))
         self._committed(written)
         # No data_version read here: a commit by another connection may land right
         # after ours, and must be loaded by the next call, not marked as seen.
@@ -800,6 +804,18 @@ class Repo:
         # refresh above recorded the right value.)
         self._set_state(written.commit, written.rev, root, height)
         return written.commit
+
+    def _update_index(self, head: CID, root: Link, changes: list[tuple[bytes, CID | None]]) -> None:
+        """Bring the paths index to ``head`` (inside the transaction that moves HEAD there).
+
+        ``changes`` are applied when the index is at the previous HEAD;
+        otherwise (a store from an older pypds) it is rebuilt from the tree.
+        """
+        store = self._store_or_raise()
+        if self._head.cid_bytes and store.index_head() == self._head:
+            store.index_apply(head, changes)
+        else:
+            store.index_replace(head, iter_range(self._cache, root))
 
     def _apply_ops(self, ops: list[WriteOp]) -> tuple[Node, int, list[tuple[CID, bytes]]]:
         records: dict[bytes, tuple[CID, bytes]] = {}
@@ -864,10 +880,12 @@ class Repo:
             raise DidMismatch(f"CAR commit {loaded.root.encode()} is for {commit.did}, not {self._did}")
         if key is not None:
             commit.verify(load_public_key(key))
-        kept = loaded.tree_blocks(commit, self._limits, held)
+        leaves: list[tuple[bytes, CID]] = []
+        kept = loaded.tree_blocks(commit, self._limits, held, leaves)
         store = self._store_or_raise()
         store.put_blocks(kept, commit.rev)
         store.set_head(loaded.root, commit.rev)
+        store.index_replace(loaded.root, leaves)
         if prev is not None:  # a full import's predecessor is unknown: no #commit event for it
             store.record_commit(loaded.root, commit.rev, prev)
         return len(kept)
@@ -956,6 +974,14 @@ def _check_ref_name(name: str) -> str:
     if not isinstance(name, str) or not name or len(name) > 256 or not name.isprintable():
         raise InvalidInput(f"invalid ref name {shown(name)}: 1-256 printable characters")
     return name
+
+
+def _effects(ops: list[WriteOp]) -> list[tuple[bytes, CID | None]]:
+    """The net change per key of a list of writes: the new record CID, or None if deleted."""
+    final: dict[bytes, CID | None] = {}
+    for op in ops:
+        final[op.key] = None if op.record is None else op.record[0]
+    return list(final.items())
 
 
 def _op(change: RecordChange) -> dict:

@@ -28,18 +28,21 @@ from .errors import RepoBusy, RepoExists, RepoNotFound, SchemaVersionError, show
 
 __all__ = ["Store", "SCHEMA_VERSION", "DB_NAME"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DB_NAME = "pds.db"
 
 _COMMITS = "CREATE TABLE commits (cid BLOB PRIMARY KEY, rev TEXT NOT NULL, prev BLOB) WITHOUT ROWID;"
+# HEAD's tree as a table, for one-statement reads; rebuilt when meta 'index_head' is not HEAD
+_PATHS = "CREATE TABLE paths (path BLOB PRIMARY KEY, cid BLOB NOT NULL) WITHOUT ROWID;"
 _SCHEMA = f"""
 CREATE TABLE blocks (cid BLOB PRIMARY KEY, rev TEXT NOT NULL, data BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE refs (name TEXT PRIMARY KEY, cid BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 {_COMMITS}
+{_PATHS}
 """
 #: SQL that takes a store from version N to N + 1.
-_MIGRATIONS = {1: _COMMITS}
+_MIGRATIONS = {1: _COMMITS, 2: _PATHS}
 
 _SYNC = {"full": "FULL", "normal": "NORMAL"}
 
@@ -237,6 +240,49 @@ class Store:
         if row is None:
             return None
         return row[0], None if row[1] is None else CID(row[1])
+
+    # -- the paths index (HEAD's tree as a table) ----------------------------
+
+    def index_replace(self, head: CID, leaves: Iterable[tuple[bytes, CID]]) -> None:
+        """Make the index hold exactly ``leaves`` (HEAD ``head``'s tree)."""
+        self.conn.execute("DELETE FROM paths")
+        self.conn.executemany("INSERT INTO paths (path, cid) VALUES (?, ?)", ((k, c.cid_bytes) for k, c in leaves))
+        self.set_meta("index_head", head.cid_bytes)
+
+    def index_apply(self, head: CID, changes: Iterable[tuple[bytes, CID | None]]) -> None:
+        """Apply ``(path, new cid or None)`` changes, bringing the index to HEAD ``head``."""
+        for path, cid in changes:
+            if cid is None:
+                self.conn.execute("DELETE FROM paths WHERE path = ?", (path,))
+            else:
+                self.conn.execute("INSERT OR REPLACE INTO paths (path, cid) VALUES (?, ?)", (path, cid.cid_bytes))
+        self.set_meta("index_head", head.cid_bytes)
+
+    def index_head(self) -> CID | None:
+        value = self.get_meta("index_head")
+        return None if value is None else CID(value)  # type: ignore[arg-type]
+
+    def index_record(self, path: bytes) -> tuple[CID, bytes | None] | None:
+        """(record CID, record bytes or None if the block is missing) at ``path``, or None."""
+        row = self.conn.execute(
+            "SELECT p.cid, b.data FROM paths p LEFT JOIN blocks b ON b.cid = p.cid WHERE p.path = ?", (path,)
+        ).fetchone()
+        return None if row is None else (CID(row[0]), row[1])
+
+    def index_range(
+        self, start: bytes, stop: bytes, *, reverse: bool = False, limit: int | None = None
+    ) -> list[tuple[bytes, CID]]:
+        """Index rows with ``start <= path < stop``, in path order (descending if ``reverse``)."""
+        order = "DESC" if reverse else "ASC"
+        rows = self.conn.execute(
+            f"SELECT path, cid FROM paths WHERE path >= ? AND path < ? ORDER BY path {order} LIMIT ?",
+            (start, stop, -1 if limit is None else limit),
+        )
+        return [(path, CID(cid)) for path, cid in rows]
+
+    def index_all(self) -> Iterator[tuple[bytes, CID]]:
+        for path, cid in self.conn.execute("SELECT path, cid FROM paths ORDER BY path"):
+            yield path, CID(cid)
 
     def commit_at(self, rev: str) -> CID | None:
         """The latest commit made or received here with a rev at or before ``rev``."""

@@ -11,9 +11,10 @@ are ``skipped`` and do not make the report fail.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from itertools import zip_longest
 from pathlib import Path
 
 from .car import CarSource
@@ -62,6 +63,7 @@ CHECKS: dict[str, str] = {
     "completeness": "every MST node and record the tree reaches is present",
     "repo-paths": "every key is <NSID>/<record key>, never . or ..",
     "records": "every record is canonical DAG-CBOR, no floats, a map with a string $type",
+    "index": "the paths index (used for reads) holds exactly HEAD's records",
     "blob-files": "every file under blobs/ hashes to its name",
 }
 
@@ -270,6 +272,28 @@ def _tree_failure(exc: PypdsError) -> str:
     if isinstance(exc, InvalidRepoPath):
         return "repo-paths"
     return "mst"
+
+
+def check_index(report: VerifyReport, index: Iterable[tuple[bytes, CID]], tree: Iterable[tuple[bytes, CID]]) -> None:
+    """Append the ``index`` check: the index rows equal the tree's leaves, in order."""
+    if not report.ok:
+        report._set("index", Outcome.NOT_RUN)
+        return
+    count = 0
+    for row, leaf in zip_longest(index, tree):
+        if row != leaf:
+            report._set("index", Outcome.FAILED, f"the paths index {_index_difference(row, leaf)}")
+            return
+        count += 1
+    report._set("index", Outcome.PASSED, f"{count} paths")
+
+
+def _index_difference(row: tuple[bytes, CID] | None, leaf: tuple[bytes, CID] | None) -> str:
+    if row is None or (leaf is not None and leaf[0] < row[0]):
+        return f"lacks {leaf[0].decode('utf-8', 'replace')}, which HEAD's tree holds"  # type: ignore[index]
+    if leaf is None or row[0] < leaf[0]:
+        return f"holds {row[0].decode('utf-8', 'replace')}, which HEAD's tree does not"
+    return f"has the wrong CID for {row[0].decode('utf-8', 'replace')}"
 
 
 def check_blob_files(report: VerifyReport, blobs_dir: Path) -> None:

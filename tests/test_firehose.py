@@ -226,14 +226,16 @@ def test_version_1_store_is_migrated_on_open(tmp_path):
 
     Repo.create(tmp_path / "r", DID).close()
     conn = apsw.Connection(str(tmp_path / "r" / "pds.db"))
-    conn.execute("DROP TABLE commits; PRAGMA user_version = 1")
+    conn.execute(
+        "DROP TABLE commits; DROP TABLE paths; DELETE FROM meta WHERE key = 'index_head'; PRAGMA user_version = 1"
+    )
     conn.close()
     with Repo.open(tmp_path / "r") as repo:
         before = repo.head
         repo.put(POST, "a", post(1))
         _check_event(repo, repo.commit_event(), before)
     conn = apsw.Connection(str(tmp_path / "r" / "pds.db"))
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
 
 
 # -- hostile messages ----------------------------------------------------------------------

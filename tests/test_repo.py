@@ -639,3 +639,39 @@ def test_list_blobs_pages_in_cid_order(repo):
     assert [c.encode() for c in repo.list_blobs()] == cids
     assert [c.encode() for c in repo.list_blobs(cursor=cids[1], limit=2)] == cids[2:4]
     assert repo.list_blobs(limit=0) == []
+
+
+def _index_matches_tree(repo):
+    index = list(repo._store.index_all())
+    tree = [(k.encode(), v) for k, v in repo.checkout()]
+    return index == tree
+
+
+def test_paths_index_follows_every_head_move(repo, tmp_path):
+    with repo.batch() as batch:
+        for i in range(120):
+            batch.put(POST, f"k{i:04d}", post(i))
+    assert _index_matches_tree(repo)
+    first = repo.head
+    repo.put(POST, "k0005", post(999))
+    repo.delete(POST, "k0006")
+    assert _index_matches_tree(repo)
+    repo.set_head(first)
+    assert _index_matches_tree(repo) and repo.find(POST, "k0006") == post(6)
+    car = repo.export_car()
+    with Repo.create(tmp_path / "other", DID) as other:
+        other.put(POST, "zzz", post(1))
+        other.import_car(car)
+        assert _index_matches_tree(other) and other.find(POST, "zzz") is None
+
+
+def test_paths_index_is_rebuilt_when_it_does_not_match_head(tmp_path):
+    with Repo.create(tmp_path / "r", DID) as repo:
+        for i in range(10):
+            repo.put(POST, f"k{i}", post(i))
+    conn = apsw.Connection(str(tmp_path / "r" / "pds.db"))
+    conn.execute("DELETE FROM paths; DELETE FROM meta WHERE key = 'index_head'")  # as an older pypds left it
+    conn.close()
+    with Repo.open(tmp_path / "r") as repo:
+        assert _index_matches_tree(repo) and repo.find(POST, "k3") == post(3)
+        assert repo.verify().ok

@@ -32,6 +32,7 @@ def test_valid_repo_passes_every_check(filled):
         "completeness",
         "repo-paths",
         "records",
+        "index",
         "blob-files",
     ]
     assert all(c.outcome is Outcome.PASSED for c in report.checks)
@@ -99,3 +100,11 @@ def test_verify_car_of_garbage_fails_framing_and_runs_nothing_else():
 def test_verify_on_a_repo_imported_from_car(filled, tmp_path):
     with Repo.from_car(tmp_path / "copy", filled.export_car()) as copy:
         assert copy.verify(key=filled.did_key).ok
+
+
+def test_a_damaged_paths_index_is_found(filled):
+    conn = filled._store.conn
+    conn.execute("DELETE FROM paths WHERE path = ?", (f"{POST}/r005".encode(),))
+    report = filled.verify()
+    assert [c.name for c in report.failures] == ["index"]
+    assert "r005" in report.failures[0].detail
