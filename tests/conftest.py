@@ -25,6 +25,17 @@ def syntax_lines(name: str) -> list[str]:
     return [line for line in lines if not line.startswith("#")]
 
 
+def read_uvarint(stream) -> int:
+    """Read one unsigned LEB128 varint (a CAR length) from a binary stream, without pypds."""
+    value = shift = 0
+    while True:
+        byte = stream.read(1)[0]
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value
+
+
 def post(i: int, text: str | None = None) -> dict:
     return {
         "$type": POST,

@@ -31,7 +31,7 @@ from pypds import (
 from pypds.car import encode_varint
 from pypds.limits import MAX_CAR_HEADER_BYTES, MAX_CAR_SECTION_BYTES
 
-from .conftest import REFERENCE, load_json
+from .conftest import REFERENCE, load_json, read_uvarint
 
 ROOT = cid_for_cbor(b"\xa0")  # the empty map
 
@@ -97,13 +97,7 @@ def independent_read(car: bytes) -> tuple[dict, list[tuple[bytes, bytes]]]:
     stream = io.BytesIO(car)
 
     def varint() -> int:
-        value = shift = 0
-        while True:
-            byte = stream.read(1)[0]
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                return value
+        return read_uvarint(stream)
 
     head = dag_cbor.decode(stream.read(varint()))
     blocks = []

@@ -49,7 +49,7 @@ from pypds import (
 from pypds.limits import DEFAULT_LIMITS
 from pypds.mst import key_height
 
-from .conftest import DID, POST, post
+from .conftest import DID, POST, post, read_uvarint
 
 LIKE = "app.bsky.feed.like"
 FOLLOW = "app.bsky.graph.follow"
@@ -463,13 +463,7 @@ def _section_ends(car: bytes) -> list[int]:
     stream = io.BytesIO(car)
 
     def varint() -> int:
-        value = shift = 0
-        while True:
-            byte = stream.read(1)[0]
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                return value
+        return read_uvarint(stream)
 
     stream.seek(varint(), 1)
     ends = [stream.tell()]

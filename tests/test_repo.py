@@ -35,7 +35,7 @@ from pypds.car import CarReader
 from pypds.mst import build_tree
 from pypds.tid import decode_tid
 
-from .conftest import DID, POST, post
+from .conftest import DID, POST, post, read_uvarint
 
 EMPTY_ROOT = "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm"
 LIKE = "app.bsky.feed.like"
@@ -447,14 +447,8 @@ def _independent_read(car: bytes):
 
     stream = io.BytesIO(car)
 
-    def varint():
-        value = shift = 0
-        while True:
-            byte = stream.read(1)[0]
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                return value
+    def varint() -> int:
+        return read_uvarint(stream)
 
     header = dag_cbor.decode(stream.read(varint()))
     blocks = []
