@@ -731,7 +731,48 @@ class Repo:
         self._write_car(dest, commit_cid, since)
         return None
 
+    @_public
+    def iter_car(
+        self, *, commit: CID | str | None = None, since: str | None = None, chunk_size: int = 1 << 16
+    ) -> Iterator[bytes]:
+        """Stream the CAR :meth:`export_car` writes, as chunks of about ``chunk_size`` bytes.
+
+        For serving a CAR without holding it in memory. The commit is looked
+        up now (a missing one raises here, before any byte is produced); each
+        chunk is then read under the handle's lock, so the iterator may be
+        consumed from another thread while the handle stays usable.
+        """
+        self._refresh()
+        commit_cid = self._head if commit is None else parse_cid(commit, allow_raw=False)
+        if since is not None:
+            check_tid(since, "since rev")
+        blocks = self._car_blocks(commit_cid, since)
+        first = next(blocks)
+        return self._car_chunks(commit_cid, first, blocks, chunk_size)
+
     # -- internals -------------------------------------------------------------
+
+    def _car_chunks(
+        self, root: CID, first: tuple[CID, bytes], blocks: Iterator[tuple[CID, bytes]], chunk_size: int
+    ) -> Iterator[bytes]:
+        buffer = io.BytesIO()
+        writer = CarWriter(buffer, [root])
+        writer.write_block(*first)
+        done = False
+        while not done:
+            with self._lock:
+                self._store_or_raise()
+                while buffer.tell() < chunk_size:
+                    block = next(blocks, None)
+                    if block is None:
+                        done = True
+                        break
+                    writer.write_block(*block)
+            chunk = buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+            if chunk:
+                yield chunk
 
     def _get_block_locked(self, cid: CID) -> bytes | None:
         with self._lock:

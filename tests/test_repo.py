@@ -669,3 +669,25 @@ def test_paths_index_is_rebuilt_when_it_does_not_match_head(tmp_path):
     with Repo.open(tmp_path / "r") as repo:
         assert _index_matches_tree(repo) and repo.find(POST, "k3") == post(3)
         assert repo.verify().ok
+
+
+def test_iter_car_streams_the_same_bytes_as_export(repo):
+    with repo.batch() as batch:
+        for i in range(300):
+            batch.put("app.bsky.feed.post", f"3kzfcijpj{i:04d}", post(i))
+    whole = repo.export_car()
+    chunks = list(repo.iter_car(chunk_size=1000))
+    assert len(chunks) > 5
+    assert b"".join(chunks) == whole
+    old_rev = repo.commit().rev
+    repo.put("app.bsky.feed.post", "3mzzzzzzzzz22", post(1000))
+    assert b"".join(repo.iter_car(since=old_rev)) == repo.export_car(since=old_rev)
+
+
+def test_iter_car_raises_before_streaming_when_commit_is_absent(repo):
+    from pypds.cid import cid_for_cbor
+    from pypds.errors import MissingBlock
+
+    absent = cid_for_cbor(b"\xa0")
+    with pytest.raises(MissingBlock):
+        repo.iter_car(commit=absent)
