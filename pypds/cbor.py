@@ -51,42 +51,57 @@ def check_data_model(value: Any, where: str = "", limits: Limits = DEFAULT_LIMIT
 
     Floats are rejected, map keys must be strings, nesting is bounded by
     ``limits.max_cbor_depth``. Iterative: safe on arbitrarily deep input.
+    Scalars are checked where they are found; only containers go on the stack.
     """
-    at = f" in {where}" if where else ""
-    stack: list[tuple[Any, int]] = [(value, 0)]
     max_depth = limits.max_cbor_depth
+    stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
-        item, depth = stack.pop()
-        kind = type(item)
-        if kind is dict:
-            if depth >= max_depth:
-                raise LimitExceeded("max_cbor_depth", depth + 1, max_depth, where)
-            for key, sub in item.items():
+        container, depth = stack.pop()
+        if depth >= max_depth:
+            raise LimitExceeded("max_cbor_depth", depth + 1, max_depth, where)
+        if type(container) is dict:
+            for key in container:
                 if type(key) is not str:
-                    raise InvalidRecord(f"map key is not a string{at}: {shown(key)}")
-                stack.append((sub, depth + 1))
-            if "$type" in item:
-                _check_typed_object(item, at)
-        elif kind is list:
-            if depth >= max_depth:
-                raise LimitExceeded("max_cbor_depth", depth + 1, max_depth, where)
-            stack.extend((sub, depth + 1) for sub in item)
-        elif kind is float:
-            raise InvalidRecord(f"floats are not allowed in atproto records{at}: {shown(item)}")
-        elif kind is int:
-            if not -(1 << 63) <= item < (1 << 63):
-                raise InvalidRecord(f"integer out of the 64-bit signed range{at}: {item}")
-        elif kind is CID:
-            if not is_well_formed_cid(item.cid_bytes):
-                raise InvalidRecord(f"link is not a valid CIDv1{at}: {item.cid_bytes[:8].hex()}")
-        elif item is None or kind in (str, bytes, bool):
-            continue
+                    raise InvalidRecord(f"map key is not a string{_at(where)}: {shown(key)}")
+            if "$type" in container:
+                _check_typed_object(container, where)
+            items: Any = container.values()
+        elif type(container) is list:
+            items = container
         else:
-            raise InvalidRecord(f"unsupported value type {kind.__name__}{at}")
+            _check_scalar(container, where)
+            continue
+        for item in items:
+            kind = type(item)
+            if kind is str or kind is dict or kind is list:
+                if kind is not str:
+                    stack.append((item, depth + 1))
+            elif kind is not bool and item is not None and kind is not bytes:
+                _check_scalar(item, where)
 
 
-def _check_typed_object(item: dict, at: str) -> None:
+def _at(where: str) -> str:
+    return f" in {where}" if where else ""
+
+
+def _check_scalar(item: Any, where: str) -> None:
+    """A non-container value: ints in range, well-formed links; floats and other types refused."""
+    kind = type(item)
+    if kind is int:
+        if not -(1 << 63) <= item < (1 << 63):
+            raise InvalidRecord(f"integer out of the 64-bit signed range{_at(where)}: {item}")
+    elif kind is CID:
+        if not is_well_formed_cid(item.cid_bytes):
+            raise InvalidRecord(f"link is not a valid CIDv1{_at(where)}: {item.cid_bytes[:8].hex()}")
+    elif kind is float:
+        raise InvalidRecord(f"floats are not allowed in atproto records{_at(where)}: {shown(item)}")
+    elif not (item is None or kind is str or kind is bytes or kind is bool):
+        raise InvalidRecord(f"unsupported value type {kind.__name__}{_at(where)}")
+
+
+def _check_typed_object(item: dict, where: str) -> None:
     """``$type`` must be a non-empty string; typed blob references must be well formed."""
+    at = _at(where)
     type_name = item["$type"]
     if type(type_name) is not str or not type_name:
         raise InvalidRecord(f"$type must be a non-empty string{at}, not {shown(type_name)}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from operator import itemgetter
 from pathlib import Path
 
 import apsw
@@ -33,6 +34,10 @@ DB_NAME = "pds.db"
 
 _COMMITS = "CREATE TABLE commits (cid BLOB PRIMARY KEY, rev TEXT NOT NULL, prev BLOB) WITHOUT ROWID;"
 # HEAD's tree as a table, for one-statement reads; rebuilt when meta 'index_head' is not HEAD
+# SQLite's page cache per connection (KiB). The default, 2 MiB, is smaller
+# than the upper levels of the blocks B-tree of a large repo.
+PAGE_CACHE_KIB = 32 * 1024
+
 _PATHS = "CREATE TABLE paths (path BLOB PRIMARY KEY, cid BLOB NOT NULL) WITHOUT ROWID;"
 _SCHEMA = f"""
 CREATE TABLE blocks (cid BLOB PRIMARY KEY, rev TEXT NOT NULL, data BLOB NOT NULL) WITHOUT ROWID;
@@ -118,6 +123,7 @@ class Store:
         self.conn.set_busy_timeout(int(busy_timeout * 1000))
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute(f"PRAGMA synchronous = {_SYNC[durability]}")
+        self.conn.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
 
     def close(self) -> None:
         self.conn.close()
@@ -186,11 +192,15 @@ class Store:
         return self.conn.execute("SELECT 1 FROM blocks WHERE cid = ?", (cid.cid_bytes,)).fetchone() is not None
 
     def put_blocks(self, blocks: Iterable[tuple[CID, bytes]], rev: str) -> None:
-        """Insert blocks (already hash-checked) not yet present, tagged with ``rev``."""
-        self.conn.executemany(
-            "INSERT OR IGNORE INTO blocks (cid, rev, data) VALUES (?, ?, ?)",
-            ((cid.cid_bytes, rev, data) for cid, data in blocks),
-        )
+        """Insert blocks (already hash-checked) not yet present, tagged with ``rev``.
+
+        Rows go in in CID order: the table is a B-tree keyed by CID, and
+        appending in key order is about three times faster than random order
+        for large batches (the CIDs of new blocks are random).
+        """
+        rows = [(cid.cid_bytes, rev, data) for cid, data in blocks]
+        rows.sort(key=itemgetter(0))
+        self.conn.executemany("INSERT OR IGNORE INTO blocks (cid, rev, data) VALUES (?, ?, ?)", rows)
 
     def blocks_after(self, after: bytes, limit: int) -> list[tuple[CID, bytes]]:
         """Up to ``limit`` blocks whose CID bytes sort after ``after``, in CID order."""
@@ -251,11 +261,15 @@ class Store:
 
     def index_apply(self, head: CID, changes: Iterable[tuple[bytes, CID | None]]) -> None:
         """Apply ``(path, new cid or None)`` changes, bringing the index to HEAD ``head``."""
-        for path, cid in changes:
+        deleted: list[tuple[bytes]] = []
+        written: list[tuple[bytes, bytes]] = []
+        for path, cid in changes:  # at most one change per path: the order between the two lists is free
             if cid is None:
-                self.conn.execute("DELETE FROM paths WHERE path = ?", (path,))
+                deleted.append((path,))
             else:
-                self.conn.execute("INSERT OR REPLACE INTO paths (path, cid) VALUES (?, ?)", (path, cid.cid_bytes))
+                written.append((path, cid.cid_bytes))
+        self.conn.executemany("DELETE FROM paths WHERE path = ?", deleted)
+        self.conn.executemany("INSERT OR REPLACE INTO paths (path, cid) VALUES (?, ?)", written)
         self.set_meta("index_head", head.cid_bytes)
 
     def index_head(self) -> CID | None:
@@ -279,6 +293,25 @@ class Store:
             (start, stop, -1 if limit is None else limit),
         )
         return [(path, CID(cid)) for path, cid in rows]
+
+    def index_blocks(self, page: int = 4096) -> Iterator[tuple[bytes, bytes | None]]:
+        """``(record CID bytes, record block or None)`` for every index row, in path order.
+
+        Read a page at a time, each page its own statement, so no cursor
+        stays open between pages while the caller does other work.
+        """
+        after = b""
+        while True:
+            rows = self.conn.execute(
+                "SELECT p.path, p.cid, b.data FROM paths p LEFT JOIN blocks b ON b.cid = p.cid "
+                "WHERE p.path > ? ORDER BY p.path LIMIT ?",
+                (after, page),
+            ).fetchall()
+            for _path, cid, data in rows:
+                yield cid, data
+            if len(rows) < page:
+                return
+            after = rows[-1][0]
 
     def index_all(self) -> Iterator[tuple[bytes, CID]]:
         for path, cid in self.conn.execute("SELECT path, cid FROM paths ORDER BY path"):

@@ -691,3 +691,43 @@ def test_iter_car_raises_before_streaming_when_commit_is_absent(repo):
     absent = cid_for_cbor(b"\xa0")
     with pytest.raises(MissingBlock):
         repo.iter_car(commit=absent)
+
+
+def _export_by_point_reads(repo) -> bytes:
+    """The CAR built from the tree alone (no paths index): node blocks, then each record by its CID."""
+    from pypds.car import CarWriter
+    from pypds.mst.cache import NodeCache
+    from pypds.mst.tree import iter_stream_order
+
+    out = io.BytesIO()
+    writer = CarWriter(out, [repo.head])
+    writer.write_block(repo.head, repo.blockstore.get(repo.head))
+    seen = set()
+    for cid, node in iter_stream_order(NodeCache(repo.blockstore.get), repo.commit().data):
+        if node is None and cid.cid_bytes in seen:
+            continue
+        seen.add(cid.cid_bytes)
+        writer.write_block(cid, node.data if node is not None else repo.blockstore.get(cid))
+    return out.getvalue()
+
+
+def test_export_with_duplicate_records_matches_point_reads(repo):
+    with repo.batch() as batch:
+        for i in range(500):
+            batch.put(POST, f"3kzfcijpj{i:04d}", post(i % 7))  # many paths share a record CID
+    assert repo.export_car() == _export_by_point_reads(repo)
+
+
+def test_export_survives_a_stale_paths_index(repo, tmp_path):
+    with repo.batch() as batch:
+        for i in range(300):
+            batch.put(POST, f"3kzfcijpj{i:04d}", post(i))
+    expected = _export_by_point_reads(repo)
+    conn = apsw.Connection(str(repo.path / "pds.db"))
+    conn.execute(
+        "UPDATE paths SET cid = (SELECT cid FROM paths ORDER BY path LIMIT 1) WHERE path = ?",
+        (f"{POST}/3kzfcijpj0100".encode(),),
+    )
+    conn.execute("DELETE FROM paths WHERE path = ?", (f"{POST}/3kzfcijpj0200".encode(),))
+    conn.close()
+    assert repo.export_car() == expected
