@@ -61,6 +61,7 @@ from .mst import put as mst_put
 from .mst.cache import NodeCache
 from .mst.verify import walk_tree
 from .proof import proof_path
+from .record_cache import RecordCache
 from .store import Store
 from .syntax import check_collection, check_did, check_record_key, check_tid, repo_path
 from .tid import TidClock
@@ -110,6 +111,7 @@ class Repo:
         self._blobs = BlobStore(path / "blobs")
         # checkout() views read through the cache outside Repo methods: misses take the lock
         self._cache = NodeCache(self._get_block_locked, limits)
+        self._records = RecordCache()
         self._signing_key = signing_key
         self._did = str(store.get_meta("did"))
         self._clock = TidClock(clock_id=_int_meta(store, "clock_id"))
@@ -338,31 +340,36 @@ class Repo:
     @_public
     def find(self, collection: str, rkey: str) -> dict | None:
         """The record at collection/rkey as a dict, or None."""
-        data = self._find_bytes(collection, rkey)
-        return None if data is None else cbor.decode(data, f"{collection}/{rkey}")
+        path = repo_path(collection, rkey)
+        data = self._find_bytes(path)
+        return None if data is None else cbor.decode(data, path)
 
     @_public
     def find_bytes(self, collection: str, rkey: str) -> bytes | None:
         """The record's DAG-CBOR bytes, or None."""
-        return self._find_bytes(collection, rkey)
+        return self._find_bytes(repo_path(collection, rkey))
 
     @_public
     def find_cid(self, collection: str, rkey: str) -> CID | None:
         """The record's CID at HEAD, or None."""
-        return self._lookup(collection, rkey)
+        found = self._store_or_raise().index_cid(repo_path(collection, rkey).encode())
+        return None if found is None else CID(found)
 
-    def _lookup(self, collection: str, rkey: str) -> CID | None:
-        found = self._store_or_raise().index_record(repo_path(collection, rkey).encode())
-        return None if found is None else found[0]
-
-    def _find_bytes(self, collection: str, rkey: str) -> bytes | None:
-        # one statement on the paths index, which every HEAD move keeps in its transaction
-        found = self._store_or_raise().index_record(repo_path(collection, rkey).encode())
+    def _find_bytes(self, path: str) -> bytes | None:
+        # One statement on the paths index, which every transaction that moves
+        # HEAD keeps current. A cached read is used only if the index still
+        # holds the CID it was read under, and then the block is not read.
+        key = path.encode()
+        cached = self._records.get(key)
+        found = self._store_or_raise().index_record(key, None if cached is None else cached[0])
         if found is None:
             return None
-        cid, data = found
+        cid, same, data = found
+        if same:
+            return cached[1]  # type: ignore[index]
         if data is None:
-            raise MissingBlock(f"record block {cid.encode()} for {collection}/{rkey} is missing", cid)
+            raise MissingBlock(f"record block {CID(cid).encode()} for {path} is missing", CID(cid))
+        self._records.put(key, cid, data)
         return data
 
     @_public

@@ -72,9 +72,16 @@ def is_valid_tid(value: str) -> bool:
 
 def check_collection(collection: str) -> str:
     """Return ``collection`` or raise InvalidRepoPath if it is not an NSID."""
+    if collection in _KNOWN_COLLECTIONS:  # a repo has few collections: skip the regex for the ones seen
+        return collection
     if not is_valid_nsid(collection):
         raise InvalidRepoPath(f"invalid collection (not an NSID): {shown(collection)}")
+    if len(_KNOWN_COLLECTIONS) < 1024:
+        _KNOWN_COLLECTIONS.add(collection)
     return collection
+
+
+_KNOWN_COLLECTIONS: set[str] = set()
 
 
 def check_record_key(rkey: str) -> str:
