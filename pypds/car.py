@@ -78,7 +78,8 @@ class _Input:
 
     def read_varint(self, what: str) -> int:
         start = self.offset
-        self._fill(_MAX_VARINT_BYTES)
+        if len(self._buf) - self._pos < _MAX_VARINT_BYTES:
+            self._fill(_MAX_VARINT_BYTES)
         buf, pos = self._buf, self._pos
         value = shift = 0
         for i in range(_MAX_VARINT_BYTES):
@@ -105,6 +106,15 @@ class _Input:
         self._pos += size
         self.offset += size
         return data
+
+    def read_block(self, size: int, what: str) -> tuple[bytes, bytes]:
+        """A section of ``size`` bytes (at least 36) as its 36 CID bytes and its block."""
+        if len(self._buf) - self._pos < size and not self._fill(size):
+            self.read_exact(size, what)  # raises: the stream ends inside the section
+        pos = self._pos
+        self._pos += size
+        self.offset += size
+        return self._buf[pos : pos + 36], self._buf[pos + 36 : pos + size]
 
 
 def open_car_source(source: CarSource) -> tuple[BinaryIO, bool]:
@@ -173,12 +183,10 @@ class CarReader:
                 raise LimitExceeded("max_car_section_bytes", size, max_section, f"byte {start}")
             if size < 36:
                 raise CarFormatError(f"CAR section at byte {start} is too short ({size} bytes) to hold a CID")
-            section = source.read_exact(size, "section")
-            prefix = section[:4]
+            cid_bytes, data = source.read_block(size, "section")
+            prefix = cid_bytes[:4]
             if prefix != DAG_CBOR_PREFIX and prefix != RAW_PREFIX:
-                check_cid_bytes(section[:36], f"CAR section at byte {start}")
-            cid_bytes = section[:36]
-            data = section[36:]
+                check_cid_bytes(cid_bytes, f"CAR section at byte {start}")
             if sha256(data).digest() != cid_bytes[4:]:
                 raise BlockHashMismatch(
                     f"block {CID(cid_bytes).encode()} at byte {start}: bytes do not hash to its CID"

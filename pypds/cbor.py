@@ -136,12 +136,16 @@ def encode_record(record: Any, where: str = "", limits: Limits = DEFAULT_LIMITS)
 
 
 def decode_record(data: bytes, where: str = "", limits: Limits = DEFAULT_LIMITS) -> dict:
-    """Decode and validate record bytes; they must be canonical DAG-CBOR."""
+    """Decode and validate record bytes; they must be canonical DAG-CBOR.
+
+    cbrrr's decoder accepts canonical DAG-CBOR only (minimal integers and
+    lengths, sorted unique map keys, no indefinite lengths, 64-bit floats,
+    tag 42 only), so decoded bytes re-encode to themselves; the test suite
+    checks that property against mutated input.
+    """
     if len(data) > limits.max_record_bytes:
         raise LimitExceeded("max_record_bytes", len(data), limits.max_record_bytes, where)
     value = decode(data, where)
     _check_record_shape(value, where)
     check_data_model(value, where, limits)
-    if encode(value) != data:
-        raise InvalidCbor(f"record {where} is not in canonical DAG-CBOR form")
     return value

@@ -235,7 +235,9 @@ def test_version_1_store_is_migrated_on_open(tmp_path):
         repo.put(POST, "a", post(1))
         _check_event(repo, repo.commit_event(), before)
     conn = apsw.Connection(str(tmp_path / "r" / "pds.db"))
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    from pypds.store import SCHEMA_VERSION
+
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 # -- hostile messages ----------------------------------------------------------------------

@@ -731,3 +731,35 @@ def test_export_survives_a_stale_paths_index(repo, tmp_path):
     conn.execute("DELETE FROM paths WHERE path = ?", (f"{POST}/3kzfcijpj0200".encode(),))
     conn.close()
     assert repo.export_car() == expected
+
+
+def test_version_3_store_gets_rowid_blocks_on_open(tmp_path):
+    """Version 3 kept blocks in a WITHOUT ROWID table keyed by CID; opening converts it, keeping every block."""
+    from pypds.store import SCHEMA_VERSION
+
+    path = tmp_path / "r"
+    with Repo.create(path, DID) as repo:
+        with repo.batch() as batch:
+            for i in range(200):
+                batch.put(POST, f"3kzfcijpj{i:04d}", post(i))
+        repo.put_blob(b"blob bytes", "text/plain")
+        car, head, count = repo.export_car(), repo.head, repo._store.count_blocks()
+    conn = apsw.Connection(str(path / "pds.db"))
+    conn.execute(
+        "ALTER TABLE blocks RENAME TO blocks_v4;"
+        "CREATE TABLE blocks (cid BLOB PRIMARY KEY, rev TEXT NOT NULL, data BLOB NOT NULL) WITHOUT ROWID;"
+        "INSERT INTO blocks SELECT cid, rev, data FROM blocks_v4; DROP TABLE blocks_v4; PRAGMA user_version = 3"
+    )
+    conn.close()
+    with Repo.open(path) as repo:
+        assert repo.head == head and repo.export_car() == car
+        assert repo._store.count_blocks() == count
+        assert repo.verify().ok
+        repo.put(POST, "3mzzzzzzzzz22", post(1))
+    conn = apsw.Connection(str(path / "pds.db"))
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(blocks)")]
+    assert columns == ["id", "cid", "rev", "data"]
+    assert (
+        conn.execute("SELECT count(*) FROM sqlite_schema WHERE name LIKE '%v3%' OR name LIKE '%v4%'").fetchone()[0] == 0
+    )

@@ -202,10 +202,11 @@ def _decode_fields(data: bytes, limits: Limits) -> tuple[tuple[bytes, ...], tupl
             raise _Malformed(LimitExceeded, "key too long", ("max_mst_key_bytes", len(key), max_key))
         if key <= prev and i > 0:
             raise _Malformed(InvalidMst, f"keys not strictly sorted at entry {i} ({shown(key)})")
-        if common_prefix_len(prev, key) != shared:
+        if shared < len(prev) and suffix and suffix[0] == prev[shared]:  # one more byte was shared
             raise _Malformed(InvalidMst, f"entry {i} prefix compression is not maximal")
         keys.append(key)
         vals.append(_check_value(entry["v"], i))
-        links.append(_check_link(entry["t"], f"entry {i} 't'"))
+        link = entry["t"]
+        links.append(None if link is None else _check_link(link, f"entry {i} 't'"))
         prev = key
     return tuple(keys), tuple(vals), tuple(links)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..cid import CID
 from ..errors import InvalidMst, InvalidRepoPath, LimitExceeded, MissingBlock, shown
@@ -34,8 +35,7 @@ class TreeWalk:
     height: int = 0
 
 
-@dataclass(frozen=True)
-class WalkStep:
+class WalkStep(NamedTuple):
     """One step of a walk: an MST node (with its block) or a record leaf."""
 
     cid: CID
