@@ -7,6 +7,9 @@
 See the README for the full API.
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .atjson import from_json, to_json
 from .blobs import BlobRef
 from .car import CarReader, CarWriter
@@ -18,12 +21,14 @@ from .errors import (
     BlockHashMismatch,
     CarFormatError,
     DidMismatch,
+    HandleMismatch,
     IntegrityError,
     InvalidCbor,
     InvalidCid,
     InvalidCommit,
     InvalidCommitMessage,
     InvalidDid,
+    InvalidHandle,
     InvalidInput,
     InvalidMst,
     InvalidRecord,
@@ -32,15 +37,19 @@ from .errors import (
     InvalidTid,
     LimitExceeded,
     MissingBlock,
+    NetworkError,
     NotFound,
     PypdsError,
     RecordNotFound,
     RefNotFound,
+    RemoteError,
     RepoBusy,
     RepoClosed,
     RepoExists,
     RepoNotFound,
     RepoStateError,
+    ResolveError,
+    ResponseTooLarge,
     SchemaVersionError,
     SigningKeyRequired,
 )
@@ -61,6 +70,39 @@ from .repo import Batch, BlockStore, GcReport, Repo
 from .verify import Check, Outcome, VerifyReport, verify_car
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .downloader import BlobFailure, DownloadReport, download, download_async
+    from .identity import Identity, ResolverConfig, resolve, resolve_async
+    from .server import make_app, serve
+
+#: Network entry points, imported on first use so that ``import pypds`` never imports aiohttp.
+_LAZY = {
+    "download": "downloader",
+    "download_async": "downloader",
+    "DownloadReport": "downloader",
+    "BlobFailure": "downloader",
+    "resolve": "identity",
+    "resolve_async": "identity",
+    "Identity": "identity",
+    "ResolverConfig": "identity",
+    "make_app": "server",
+    "serve": "server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pypds' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "BadSignature",
@@ -126,4 +168,21 @@ __all__ = [
     "parse_cid",
     "parse_did_key",
     "sign_commit",
+    # network (lazy)
+    "BlobFailure",
+    "DownloadReport",
+    "HandleMismatch",
+    "Identity",
+    "InvalidHandle",
+    "NetworkError",
+    "RemoteError",
+    "ResolveError",
+    "ResolverConfig",
+    "ResponseTooLarge",
+    "download",
+    "download_async",
+    "make_app",
+    "resolve",
+    "resolve_async",
+    "serve",
 ]

@@ -186,3 +186,46 @@ class SigningKeyRequired(RepoStateError):
 
 class RepoBusy(RepoStateError):
     """Another connection held the write lock for longer than ``busy_timeout``."""
+
+
+# -- network: pypds.identity, pypds.downloader, pypds.server ------------------------
+#
+#   PypdsError
+#   ├── InvalidInput
+#   │   └── InvalidHandle       a handle has invalid syntax
+#   ├── LimitExceeded
+#   │   └── ResponseTooLarge    (also a NetworkError) a response passed its size cap
+#   └── NetworkError            a network operation failed (connection, timeout, bad answer)
+#       ├── ResolveError        a handle or DID cannot be resolved, or its document is unusable
+#       │   └── HandleMismatch  the DID document does not claim the handle it was reached from
+#       └── RemoteError         a server answered with an error (XRPC name and HTTP status)
+
+
+class InvalidHandle(InvalidInput):
+    """A handle (``alice.example.com``) has invalid syntax."""
+
+
+class NetworkError(PypdsError):
+    """A network operation failed: no connection, a timeout, or an unusable answer."""
+
+
+class ResolveError(NetworkError):
+    """A handle or DID cannot be resolved, or its DID document is unusable."""
+
+
+class HandleMismatch(ResolveError):
+    """A handle resolved to a DID whose document does not claim that handle."""
+
+
+class RemoteError(NetworkError):
+    """A server answered with an error status; ``error`` is the XRPC error name (or ``HTTP<status>``)."""
+
+    def __init__(self, message: str, *, status: int, error: str, url: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.url = url
+
+
+class ResponseTooLarge(LimitExceeded, NetworkError):
+    """A response body is larger than the cap set for it."""

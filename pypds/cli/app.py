@@ -10,6 +10,7 @@ import click
 
 from .. import __version__
 from ..errors import IntegrityError, PypdsError
+from ._net import NET_COMMANDS
 from ._read import READ_COMMANDS
 from ._write import WRITE_COMMANDS
 
@@ -42,7 +43,7 @@ def cli() -> None:
     """
 
 
-for _command in (*WRITE_COMMANDS, *READ_COMMANDS):
+for _command in (*WRITE_COMMANDS, *READ_COMMANDS, *NET_COMMANDS):
     cli.add_command(_command)
 
 

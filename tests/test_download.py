@@ -1,0 +1,419 @@
+"""End to end: serve a repository on loopback, resolve it through stubs, download it, keep it current.
+
+The source repository is served by the real server (``make_app``, and once
+by the ``pypds serve`` command in a subprocess); its DID document and handle
+records live in loopback DNS and HTTP stubs. A proxy in front of the server
+alters, fails or cuts answers to show that tampering is refused and leaves
+the local copy as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from aiohttp import web
+
+from pypds import (
+    BadSignature,
+    BlockHashMismatch,
+    DidMismatch,
+    InvalidInput,
+    NetworkError,
+    RemoteError,
+    Repo,
+    ResponseTooLarge,
+    download,
+    generate_signing_key,
+)
+from pypds.cli import main
+from pypds.server import make_app
+
+from .conftest import DID, POST, post
+from .netstubs import DnsStub, PdsProxy, ServerThread, WebStub, cut_short, did_document, free_port, stub_config
+
+HANDLE = "alice.test"
+OTHER_DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
+ROOT = Path(__file__).resolve().parent.parent
+FAST = {"retries": 1, "backoff": 0.0}
+
+
+@pytest.fixture(scope="module")
+def stubs():
+    with WebStub() as web_stub, DnsStub() as dns_stub:
+        yield web_stub, dns_stub
+
+
+def image(i: int) -> bytes:
+    return f"image {i} ".encode() * (500 + 300 * i)
+
+
+@pytest.fixture
+def source(tmp_path, stubs):
+    """A repository with records, three blobs and a like, served on loopback and published as alice.test."""
+    web_stub, dns_stub = stubs
+    for table in (web_stub.plc, web_stub.handles, dns_stub.records):
+        table.clear()
+    path = tmp_path / "source"
+    with Repo.create(path, DID) as repo:
+        refs = [repo.put_blob(image(i), "image/jpeg") for i in range(3)]
+        with repo.batch() as batch:
+            for i in range(25):
+                batch.put(POST, f"p{i:03d}", post(i))
+            for i, ref in enumerate(refs):
+                batch.put(POST, f"img{i}", {**post(i), "embed": {"images": [{"image": ref.to_record()}]}})
+        key = repo.signing_key.public_key
+    with ServerThread(make_app([path])) as server:
+        world = SimpleNamespace(path=path, url=server.url, key=key, web=web_stub, dns=dns_stub, blobs=refs)
+        publish(world, server.url)
+        dns_stub.records[f"_atproto.{HANDLE}"] = [f"did={DID}"]
+        world.config = stub_config(web_stub, dns_stub)
+        yield world
+
+
+def publish(world, pds: str, key=None) -> None:
+    """Point the DID document at ``pds`` (and at ``key``, default the source's own)."""
+    world.web.plc[DID] = did_document(DID, key=key or world.key, pds=pds, handle=HANDLE)
+
+
+@pytest.fixture
+def proxy(source):
+    with PdsProxy(source.url) as running:
+        publish(source, running.url)
+        yield running
+
+
+def snapshot(path: Path) -> tuple[bytes, dict[str, bytes]]:
+    """A repository's full CAR and every blob's bytes."""
+    with Repo.open(path) as repo:
+        return repo.export_car(), {cid.encode(): repo.blob(cid) for cid in repo.list_blobs()}
+
+
+def assert_identical(source: Path, copy: Path) -> None:
+    car, blobs = snapshot(source)
+    copy_car, copy_blobs = snapshot(copy)
+    assert copy_car == car
+    assert copy_blobs == blobs
+
+
+def add_commits(world, n: int = 5, blob: bytes | None = None) -> None:
+    with Repo.open(world.path) as repo:
+        oldest_post = next(rkey for rkey, _cid in repo.list(POST) if rkey.startswith("p"))
+        with repo.batch() as batch:
+            for i in range(n):
+                batch.put(POST, f"new{i:03d}-{repo.rev}", post(100 + i))
+            batch.delete(POST, oldest_post)
+        if blob is not None:
+            ref = repo.put_blob(blob, "image/png")
+            repo.put(POST, f"newimg-{repo.rev}", {**post(7), "embed": {"images": [{"image": ref.to_record()}]}})
+
+
+def no_temp_files(directory: Path) -> bool:
+    return not list(directory.glob(".tmp-*"))
+
+
+# -- downloading ------------------------------------------------------------------------------
+
+
+def test_download_by_handle_with_blobs_is_byte_identical(source, tmp_path):
+    events = []
+    report = download(HANDLE, tmp_path / "copy", blobs=True, config=source.config, progress=lambda *e: events.append(e))
+    assert report.ok and report.action == "created"
+    assert report.identity.did == DID and report.identity.handle == HANDLE
+    assert report.identity.pds == source.url
+    assert len(report.blobs_fetched) == 3 and report.blobs_present == 0 and report.blobs_listed == 3
+    assert_identical(source.path, tmp_path / "copy")
+    repo_events = [event for event in events if event[0] == "repo"]
+    assert repo_events and repo_events[-1][1] == report.car_bytes
+    assert events[-1] == ("blobs", 3, 3)
+    assert no_temp_files(tmp_path)
+
+
+def test_download_by_did_then_update_with_since(source, tmp_path):
+    copy = tmp_path / "copy"
+    first = download(DID, copy, blobs=True, config=source.config)
+    assert first.action == "created" and first.identity.handle == HANDLE
+    add_commits(source, blob=b"a brand new picture" * 100)
+    update = download(DID, copy, blobs=True, since=True, config=source.config)
+    assert update.action == "updated"
+    assert 0 < update.car_bytes < first.car_bytes
+    assert len(update.blobs_fetched) == 1 and update.blobs_present == 3
+    assert_identical(source.path, copy)
+    again = download(DID, copy, blobs=True, since=True, config=source.config)
+    assert again.action == "unchanged" and again.blobs_fetched == [] and again.car_bytes == 0
+
+
+def test_download_without_since_reimports_the_whole_repository(source, tmp_path):
+    copy = tmp_path / "copy"
+    download(HANDLE, copy, config=source.config)
+    add_commits(source)
+    report = download(HANDLE, copy, config=source.config)
+    assert report.action == "replaced"
+    assert snapshot(copy)[0] == snapshot(source.path)[0]
+
+
+def test_since_without_a_copy_downloads_the_whole_repository(source, tmp_path):
+    assert download(HANDLE, tmp_path / "a" / "b", since=True, config=source.config).action == "created"
+    assert snapshot(tmp_path / "a" / "b")[0] == snapshot(source.path)[0]
+
+
+def test_an_unchanged_copy_is_not_downloaded_again(source, proxy, tmp_path):
+    download(HANDLE, tmp_path / "copy", config=source.config)
+    assert download(HANDLE, tmp_path / "copy", config=source.config).action == "unchanged"
+    assert proxy.hits["getRepo"] == 1 and proxy.hits["getLatestCommit"] == 1
+
+
+def test_a_diff_that_needs_blocks_the_copy_lacks_falls_back_to_the_full_car(source, proxy, tmp_path):
+    copy = tmp_path / "copy"
+    download(HANDLE, copy, config=source.config)
+    add_commits(source)
+    with Repo.open(source.path) as repo:
+        middle = repo.rev
+    add_commits(source)
+    with Repo.open(source.path) as repo:
+        too_short = repo.export_car(since=middle)  # lacks what the copy never got
+
+    def short_diff(request, _status, _body):
+        if "since" in request.query:
+            return web.Response(body=too_short, content_type="application/vnd.ipld.car")
+        return None
+
+    proxy.before["getRepo"] = short_diff
+    report = download(HANDLE, copy, since=True, config=source.config)
+    assert report.action == "replaced"
+    assert proxy.hits["getRepo"] == 3  # the first download, the short diff, the full CAR
+    assert snapshot(copy)[0] == snapshot(source.path)[0]
+
+
+# -- through the command line ----------------------------------------------------------------------
+
+
+def start_cli_server(path: Path) -> tuple[subprocess.Popen, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "pypds.cli", "serve", str(path), "--port", "0"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    ready, _, _ = select.select([process.stderr], [], [], 20)
+    line = process.stderr.readline() if ready else ""
+    found = re.search(r" at (http://127\.0\.0\.1:\d+) ", line)
+    if found is None:
+        process.kill()
+        raise AssertionError(f"pypds serve did not start: {line!r}")
+    return process, found.group(1)
+
+
+def test_pypds_serve_and_pypds_download_end_to_end(source, tmp_path, capsys):
+    process, url = start_cli_server(source.path)
+    try:
+        publish(source, url)
+        copy = tmp_path / "copy"
+        common = ["--plc-url", source.web.url, "--web-base", source.web.url, "--dns", source.dns.address, "--json"]
+        assert main(["download", HANDLE, "-o", str(copy), "--blobs", *common]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["action"] == "created" and report["did"] == DID and report["pds"] == url
+        assert len(report["blobs"]["fetched"]) == 3
+        add_commits(source, blob=b"fresh" * 999)
+        assert main(["download", DID, "-o", str(copy), "--since", "--blobs", *common]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["action"] == "updated" and len(report["blobs"]["fetched"]) == 1
+        assert_identical(source.path, copy)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+        process.stderr.close()
+
+
+def test_cli_download_prints_a_summary(source, tmp_path, capsys):
+    args = ["--plc-url", source.web.url, "--web-base", source.web.url, "--dns", source.dns.address]
+    assert main(["download", HANDLE, "-o", str(tmp_path / "copy"), "--blobs", *args]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"created {tmp_path / 'copy'}: {DID} ({HANDLE}) from {source.url}")
+    assert "blobs: 3 fetched, 0 already present, 0 failed" in out
+
+
+def test_cli_download_of_a_tampered_repository_fails_with_status_1(source, proxy, tmp_path, capsys):
+    proxy.after["getRepo"] = lambda _request, _status, body: web.Response(body=flip_last_byte(body))
+    args = ["--plc-url", source.web.url, "--web-base", source.web.url, "--dns", source.dns.address]
+    assert main(["download", HANDLE, "-o", str(tmp_path / "copy"), *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pypds: block ") and "do not hash to its CID" in err and err.count("\n") == 1
+    assert not (tmp_path / "copy").exists()
+
+
+def test_cli_download_of_an_unknown_handle_fails_with_status_2(source, tmp_path, capsys):
+    args = ["--plc-url", source.web.url, "--web-base", source.web.url, "--dns", source.dns.address]
+    assert main(["download", "nobody.test", "-o", str(tmp_path / "copy"), *args]) == 2
+    assert capsys.readouterr().err.startswith("pypds: handle nobody.test did not resolve")
+
+
+def test_cli_reports_failed_blobs_and_exits_1(source, proxy, tmp_path, capsys):
+    proxy.after["getBlob"] = lambda _request, _status, body: web.Response(body=body + b"!")
+    args = ["--plc-url", source.web.url, "--web-base", source.web.url, "--dns", source.dns.address, "--retries", "0"]
+    assert main(["download", HANDLE, "-o", str(tmp_path / "copy"), "--blobs", *args]) == 1
+    captured = capsys.readouterr()
+    assert "blobs: 0 fetched, 0 already present, 3 failed" in captured.out
+    assert captured.err.startswith("pypds: 3 of 3 blobs failed") and "run the command again" in captured.err
+
+
+# -- tampering ---------------------------------------------------------------------------------------
+
+
+def flip_last_byte(body: bytes) -> bytes:
+    return body[:-1] + bytes([body[-1] ^ 0x01])
+
+
+def test_an_altered_block_is_refused_and_leaves_no_directory(source, proxy, tmp_path):
+    proxy.after["getRepo"] = lambda _request, _status, body: web.Response(body=flip_last_byte(body))
+    with pytest.raises(BlockHashMismatch):
+        download(HANDLE, tmp_path / "new" / "copy", config=source.config)
+    assert not (tmp_path / "new").exists()
+    assert no_temp_files(tmp_path)
+
+
+def test_an_altered_diff_leaves_the_copy_exactly_as_it_was(source, proxy, tmp_path):
+    copy = tmp_path / "copy"
+    download(HANDLE, copy, blobs=True, config=source.config)
+    before = snapshot(copy)
+    add_commits(source, blob=b"new blob" * 50)
+    proxy.after["getRepo"] = lambda _request, _status, body: web.Response(body=flip_last_byte(body))
+    with pytest.raises(BlockHashMismatch):
+        download(HANDLE, copy, since=True, blobs=True, config=source.config)
+    assert snapshot(copy) == before
+
+
+def test_a_did_document_with_another_key_is_refused(source, tmp_path):
+    publish(source, source.url, key=generate_signing_key().public_key)
+    with pytest.raises(BadSignature):
+        download(HANDLE, tmp_path / "copy", config=source.config)
+    assert not (tmp_path / "copy").exists()
+
+
+def test_an_update_signed_by_another_key_leaves_the_copy_as_it_was(source, tmp_path):
+    copy = tmp_path / "copy"
+    download(HANDLE, copy, config=source.config)
+    before = snapshot(copy)
+    add_commits(source)
+    publish(source, source.url, key=generate_signing_key("p256").public_key)
+    for since in (True, False):
+        with pytest.raises(BadSignature):
+            download(HANDLE, copy, since=since, config=source.config)
+        assert snapshot(copy) == before
+
+
+def test_a_car_of_another_repository_is_refused(source, proxy, tmp_path):
+    with Repo.create(tmp_path / "mallory", OTHER_DID, signing_key=generate_signing_key()) as mallory:
+        mallory.put(POST, "p000", post(0))
+        other_car = mallory.export_car()
+    proxy.after["getRepo"] = lambda _request, _status, _body: web.Response(body=other_car)
+    with pytest.raises(DidMismatch, match=OTHER_DID):
+        download(HANDLE, tmp_path / "copy", config=source.config)
+    assert not (tmp_path / "copy").exists()
+
+
+def test_a_copy_of_another_did_is_not_overwritten(source, tmp_path):
+    with Repo.create(tmp_path / "copy", OTHER_DID):
+        pass
+    before = snapshot(tmp_path / "copy")
+    with pytest.raises(DidMismatch):
+        download(HANDLE, tmp_path / "copy", config=source.config)
+    assert snapshot(tmp_path / "copy") == before
+
+
+def test_wrong_blob_bytes_are_refused_and_the_other_blobs_kept(source, proxy, tmp_path):
+    bad = source.blobs[1].cid.encode()
+
+    def corrupt(request, _status, body):
+        return web.Response(body=body[::-1]) if request.query["cid"] == bad else None
+
+    proxy.after["getBlob"] = corrupt
+    report = download(HANDLE, tmp_path / "copy", blobs=True, config=source.config, **FAST)
+    assert not report.ok
+    assert [failure.cid.encode() for failure in report.blobs_failed] == [bad]
+    assert isinstance(report.blobs_failed[0].error, BlockHashMismatch)
+    assert proxy.hits["getBlob"] == 3  # a hash mismatch is not retried
+    with Repo.open(tmp_path / "copy") as copy:
+        assert copy.blob(source.blobs[1].cid) is None
+        assert [copy.blob(ref.cid) for ref in (source.blobs[0], source.blobs[2])] == [image(0), image(2)]
+
+
+# -- resuming, retries, limits -----------------------------------------------------------------------------
+
+
+def test_an_interrupted_blob_download_resumes_with_only_the_rest(source, proxy, tmp_path):
+    failing = {source.blobs[0].cid.encode(), source.blobs[2].cid.encode()}
+
+    def unavailable(request, _status, _body):
+        return web.Response(status=503) if request.query["cid"] in failing else None
+
+    proxy.before["getBlob"] = unavailable
+    first = download(HANDLE, tmp_path / "copy", blobs=True, config=source.config, **FAST)
+    assert sorted(failure.cid.encode() for failure in first.blobs_failed) == sorted(failing)
+    assert all(isinstance(failure.error, RemoteError) for failure in first.blobs_failed)
+    assert "after 2 attempts" in str(first.blobs_failed[0].error)
+    assert [cid.encode() for cid in first.blobs_fetched] == [source.blobs[1].cid.encode()]
+
+    proxy.before.clear()
+    second = download(HANDLE, tmp_path / "copy", blobs=True, config=source.config)
+    assert second.action == "unchanged" and second.ok
+    assert sorted(cid.encode() for cid in second.blobs_fetched) == sorted(failing)
+    assert second.blobs_present == 1
+    assert_identical(source.path, tmp_path / "copy")
+
+
+def test_retries_are_bounded(source, proxy, tmp_path):
+    proxy.before["getRepo"] = lambda _request, _status, _body: web.Response(status=500)
+    started = time.monotonic()
+    with pytest.raises(RemoteError, match="after 3 attempts") as caught:
+        download(HANDLE, tmp_path / "copy", config=source.config, retries=2, backoff=0.01)
+    assert caught.value.status == 500
+    assert proxy.hits["getRepo"] == 3
+    assert time.monotonic() - started < 5
+    assert not (tmp_path / "copy").exists()
+
+
+def test_a_car_cut_half_way_is_fetched_again(source, proxy, tmp_path):
+    def cut_first_time(request, _status, body):
+        return cut_short(request, body) if proxy.hits["getRepo"] == 1 else None
+
+    proxy.after["getRepo"] = cut_first_time
+    report = download(HANDLE, tmp_path / "copy", config=source.config, retries=2, backoff=0.0)
+    assert report.action == "created" and proxy.hits["getRepo"] == 2
+    assert snapshot(tmp_path / "copy")[0] == snapshot(source.path)[0]
+
+
+def test_an_xrpc_error_is_final_at_once(source, proxy, tmp_path):
+    proxy.before["getRepo"] = lambda _r, _s, _b: web.json_response(
+        {"error": "RepoTakendown", "message": "gone"}, status=400
+    )
+    with pytest.raises(RemoteError, match="RepoTakendown: gone") as caught:
+        download(HANDLE, tmp_path / "copy", config=source.config)
+    assert (caught.value.status, caught.value.error) == (400, "RepoTakendown")
+    assert proxy.hits["getRepo"] == 1
+
+
+def test_an_unreachable_pds_fails_after_the_retries(source, tmp_path):
+    publish(source, f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(NetworkError, match="after 2 attempts"):
+        download(HANDLE, tmp_path / "copy", config=source.config, **FAST)
+    assert not (tmp_path / "copy").exists()
+
+
+def test_a_car_over_the_size_cap_is_refused(source, tmp_path):
+    with pytest.raises(ResponseTooLarge, match="max_car_bytes"):
+        download(HANDLE, tmp_path / "copy", config=source.config, max_car_bytes=1000)
+    assert not (tmp_path / "copy").exists()
+    assert no_temp_files(tmp_path)
+
+
+def test_a_file_in_the_way_is_refused(source, tmp_path):
+    (tmp_path / "copy").write_text("not a repository")
+    with pytest.raises(InvalidInput, match="is a file"):
+        download(HANDLE, tmp_path / "copy", config=source.config)

@@ -1,0 +1,350 @@
+"""Identity resolution (pypds.identity) against loopback DNS and HTTP stubs.
+
+A handle resolves through DNS TXT ``_atproto.<handle>`` and
+``/.well-known/atproto-did``; a DID through the PLC directory or
+``/.well-known/did.json``; the DID document gives the PDS and the signing
+key. Every malformed, missing or unreachable answer is a typed error.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pypds import (
+    HandleMismatch,
+    InvalidDid,
+    InvalidHandle,
+    InvalidInput,
+    ResolveError,
+    ResolverConfig,
+    generate_signing_key,
+    resolve,
+)
+from pypds.identity import DEFAULT_PLC_URL, identity_from_document, is_valid_handle
+
+from .conftest import DID
+from .netstubs import DnsStub, WebStub, did_document, free_port, stub_config
+
+HANDLE = "alice.test"
+OTHER_DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
+PDS = "http://127.0.0.1:2583"
+KEY = generate_signing_key("k256")
+P256_KEY = generate_signing_key("p256")
+
+
+@pytest.fixture(scope="module")
+def web():
+    with WebStub() as stub:
+        yield stub
+
+
+@pytest.fixture(scope="module")
+def dns_stub():
+    with DnsStub() as stub:
+        yield stub
+
+
+@pytest.fixture(autouse=True)
+def clean(web, dns_stub):
+    """Each test starts with empty stubs holding one good DID document."""
+    for table in (web.plc, web.handles, web.did_web, web.requests, dns_stub.records, dns_stub.queries):
+        table.clear()
+    dns_stub.drop = False
+    web.plc[DID] = did_document(DID, key=KEY.public_key, pds=PDS, handle=HANDLE)
+    yield
+
+
+def config(web, dns_stub, **overrides) -> ResolverConfig:
+    return stub_config(web, dns_stub, **overrides)
+
+
+# -- handles ----------------------------------------------------------------------------
+
+
+def test_handle_resolves_through_dns_txt(web, dns_stub):
+    dns_stub.records[f"_atproto.{HANDLE}"] = [f"did={DID}"]
+    identity = resolve(HANDLE, config=config(web, dns_stub))
+    assert (identity.did, identity.handle, identity.pds) == (DID, HANDLE, PDS)
+    assert identity.signing_key == KEY.public_key
+    assert identity.did_key == KEY.did_key
+    assert identity.document["id"] == DID
+    assert f"_atproto.{HANDLE}" in dns_stub.queries
+
+
+def test_handle_resolves_through_well_known(web, dns_stub):
+    web.handles[HANDLE] = DID + "\n"
+    identity = resolve("@" + HANDLE.upper(), config=config(web, dns_stub))
+    assert identity.did == DID and identity.handle == HANDLE
+
+
+def test_dns_and_well_known_agreeing_is_fine(web, dns_stub):
+    dns_stub.records[f"_atproto.{HANDLE}"] = ["something else", f"did={DID}"]
+    web.handles[HANDLE] = DID
+    assert resolve(HANDLE, config=config(web, dns_stub)).did == DID
+
+
+def test_dns_and_well_known_disagreeing_is_an_error(web, dns_stub):
+    dns_stub.records[f"_atproto.{HANDLE}"] = [f"did={DID}"]
+    web.handles[HANDLE] = OTHER_DID
+    with pytest.raises(ResolveError, match="different DIDs"):
+        resolve(HANDLE, config=config(web, dns_stub))
+
+
+def test_handle_with_neither_record_does_not_resolve(web, dns_stub):
+    with pytest.raises(ResolveError, match=f"handle {HANDLE} did not resolve"):
+        resolve(HANDLE, config=config(web, dns_stub))
+
+
+def test_several_did_txt_records_are_ambiguous(web, dns_stub):
+    dns_stub.records[f"_atproto.{HANDLE}"] = [f"did={DID}", f"did={OTHER_DID}"]
+    with pytest.raises(ResolveError, match="several did= TXT records"):
+        resolve(HANDLE, config=config(web, dns_stub))
+
+
+@pytest.mark.parametrize("bad", ["did=not-a-did", "did=did:plc:", "did=did:plc:abc def"])
+def test_invalid_did_in_dns_is_an_error(web, dns_stub, bad):
+    dns_stub.records[f"_atproto.{HANDLE}"] = [bad]
+    with pytest.raises(ResolveError, match="invalid DID"):
+        resolve(HANDLE, config=config(web, dns_stub))
+
+
+@pytest.mark.parametrize("bad", ["hello", "did:plc:w4x bfz", "<html>did:plc:x</html>", ""])
+def test_invalid_did_in_well_known_is_an_error(web, dns_stub, bad):
+    web.handles[HANDLE] = bad
+    with pytest.raises(ResolveError, match="invalid DID"):
+        resolve(HANDLE, config=config(web, dns_stub))
+
+
+def test_a_bad_answer_from_one_source_does_not_hide_a_good_one(web, dns_stub):
+    dns_stub.records[f"_atproto.{HANDLE}"] = [f"did={DID}"]
+    web.handles[HANDLE] = 500
+    assert resolve(HANDLE, config=config(web, dns_stub)).did == DID
+
+
+def test_handle_not_claimed_by_the_did_document_is_a_mismatch(web, dns_stub):
+    dns_stub.records[f"_atproto.{HANDLE}"] = [f"did={DID}"]
+    web.plc[DID] = did_document(DID, key=KEY.public_key, pds=PDS, handle="mallory.test")
+    with pytest.raises(HandleMismatch, match=r"does not claim at://alice\.test"):
+        resolve(HANDLE, config=config(web, dns_stub))
+
+
+def test_silent_dns_server_times_out_and_well_known_still_answers(web, dns_stub):
+    dns_stub.drop = True
+    web.handles[HANDLE] = DID
+    started = time.monotonic()
+    assert resolve(HANDLE, config=config(web, dns_stub, timeout=0.3)).did == DID
+    assert time.monotonic() - started < 3
+
+
+def test_silent_dns_server_alone_is_a_timeout_error(web, dns_stub):
+    dns_stub.drop = True
+    with pytest.raises(ResolveError, match="timed out"):
+        resolve(HANDLE, config=config(web, dns_stub, timeout=0.3, well_known=False))
+
+
+@pytest.mark.parametrize(
+    "bad", ["alice", "-alice.test", "alice..test", "alice.123", "al ice.test", "a" * 300 + ".test"]
+)
+def test_invalid_handle_input_is_refused(web, dns_stub, bad):
+    assert not is_valid_handle(bad)
+    with pytest.raises(InvalidHandle):
+        resolve(bad, config=config(web, dns_stub))
+
+
+def test_invalid_did_input_is_refused(web, dns_stub):
+    with pytest.raises(InvalidDid):
+        resolve("did:plc:", config=config(web, dns_stub))
+
+
+# -- DIDs -----------------------------------------------------------------------------------
+
+
+def test_did_plc_resolves_and_its_handle_is_verified_back(web, dns_stub):
+    dns_stub.records[f"_atproto.{HANDLE}"] = [f"did={DID}"]
+    identity = resolve(DID, config=config(web, dns_stub))
+    assert (identity.did, identity.handle, identity.pds) == (DID, HANDLE, PDS)
+
+
+def test_did_whose_claimed_handle_points_elsewhere_has_no_handle(web, dns_stub):
+    dns_stub.records[f"_atproto.{HANDLE}"] = [f"did={OTHER_DID}"]
+    identity = resolve(DID, config=config(web, dns_stub))
+    assert identity.did == DID and identity.handle is None
+
+
+def test_did_handle_check_can_be_turned_off(web, dns_stub):
+    identity = resolve(DID, config=config(web, dns_stub, verify_handle=False))
+    assert identity.handle == HANDLE  # as claimed, unverified
+    assert dns_stub.queries == [] and web.requests == [("127.0.0.1:" + web.url.rsplit(":", 1)[1], f"/{DID}")]
+
+
+def test_did_web_resolves_through_its_host(web, dns_stub):
+    did = "did:web:carol.test"
+    web.did_web["carol.test"] = did_document(did, key=P256_KEY.public_key, pds=PDS)
+    identity = resolve(did, config=config(web, dns_stub))
+    assert identity.did == did and identity.pds == PDS
+    assert identity.signing_key == P256_KEY.public_key
+    assert ("carol.test", "/.well-known/did.json") in web.requests
+
+
+def test_did_web_with_a_port_names_host_and_port(web, dns_stub):
+    did = "did:web:localhost%3A8443"
+    web.did_web["localhost:8443"] = did_document(did, key=KEY.public_key, pds=PDS)
+    assert resolve(did, config=config(web, dns_stub)).did == did
+
+
+@pytest.mark.parametrize(
+    "did",
+    ["did:web:carol.test:user:alice", "did:web:bad_host", "did:key:zQ3shokFTS3brHcDQrn82RUDfCZESWL1ZdCEJwekUDPQiYBme"],
+)
+def test_unsupported_dids_are_refused(web, dns_stub, did):
+    with pytest.raises(ResolveError):
+        resolve(did, config=config(web, dns_stub))
+
+
+@pytest.mark.parametrize(("status", "message"), [(None, "not found"), (410, "deactivated"), (500, "HTTP 500")])
+def test_plc_errors_are_resolve_errors(web, dns_stub, status, message):
+    web.plc[DID] = status
+    with pytest.raises(ResolveError, match=message):
+        resolve(DID, config=config(web, dns_stub))
+
+
+def test_unreachable_plc_directory_is_a_resolve_error(web, dns_stub):
+    started = time.monotonic()
+    with pytest.raises(ResolveError, match=r"127\.0\.0\.1"):
+        resolve(DID, config=config(web, dns_stub, plc_url=f"http://127.0.0.1:{free_port()}"))
+    assert time.monotonic() - started < 3
+
+
+def test_unreachable_well_known_host_is_a_resolve_error(web, dns_stub):
+    with pytest.raises(ResolveError, match="did not resolve"):
+        resolve(HANDLE, config=config(web, dns_stub, web_base=f"http://127.0.0.1:{free_port()}"))
+
+
+def test_oversized_document_is_refused_by_its_cap(web, dns_stub):
+    document = did_document(DID, key=KEY.public_key, pds=PDS, handle=HANDLE)
+    document["padding"] = "x" * 5000
+    web.plc[DID] = document
+    with pytest.raises(ResolveError, match="max_doc_bytes"):
+        resolve(DID, config=config(web, dns_stub, max_doc_bytes=4096))
+
+
+@pytest.mark.parametrize("body", ["not json", "[1, 2]", "null", '"did"'])
+def test_a_document_that_is_not_a_json_object_is_refused(web, dns_stub, body):
+    web.plc[DID] = body
+    with pytest.raises(ResolveError, match="DID document"):
+        resolve(DID, config=config(web, dns_stub))
+
+
+# -- the DID document -------------------------------------------------------------------------
+
+
+def good_document() -> dict:
+    return did_document(DID, key=KEY.public_key, pds=PDS, handle=HANDLE)
+
+
+def broken(change) -> dict:
+    document = good_document()
+    change(document)
+    return document
+
+
+BAD_DOCUMENTS = {
+    "id mismatch": (lambda d: d.update(id=OTHER_DID), "has id"),
+    "no services": (lambda d: d.pop("service"), "no service list"),
+    "no pds service": (lambda d: d.update(service=[{"id": "#other", "type": "X", "serviceEndpoint": PDS}]), "no PDS"),
+    "wrong service type": (lambda d: d["service"][0].update(type="Relay"), "has type 'Relay'"),
+    "pds not a string": (lambda d: d["service"][0].update(serviceEndpoint={"url": PDS}), "not a URL string"),
+    "pds ftp": (lambda d: d["service"][0].update(serviceEndpoint="ftp://pds.test"), "not http or https"),
+    "pds no host": (lambda d: d["service"][0].update(serviceEndpoint="https://"), "no plain host"),
+    "pds userinfo": (lambda d: d["service"][0].update(serviceEndpoint="https://u:p@pds.test"), "no plain host"),
+    "pds query": (lambda d: d["service"][0].update(serviceEndpoint="https://pds.test/?x=1"), "query"),
+    "pds bad port": (lambda d: d["service"][0].update(serviceEndpoint="https://pds.test:99999"), "invalid URL"),
+    "no methods": (lambda d: d.pop("verificationMethod"), "no verificationMethod"),
+    "no atproto key": (lambda d: d["verificationMethod"][0].update(id="#other"), "no signing key"),
+    "key not multibase": (lambda d: d["verificationMethod"][0].update(publicKeyMultibase="Q3sh"), "not a base58btc"),
+    "key garbage": (lambda d: d["verificationMethod"][0].update(publicKeyMultibase="z111"), "bad public key"),
+    "key wrong type": (lambda d: d["verificationMethod"][0].update(type="Ed25519VerificationKey2020"), "unsupported"),
+    "key not a point": (
+        lambda d: d["verificationMethod"][0].update(
+            publicKeyMultibase="zQ3shokFTS3brHcDQrn82RUDfCZESWL1ZdCEJwekUDPQiYBmf"
+        ),
+        "bad public key",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DOCUMENTS))
+def test_bad_did_documents_are_refused_with_the_reason(web, dns_stub, case):
+    change, message = BAD_DOCUMENTS[case]
+    web.plc[DID] = broken(change)
+    with pytest.raises(ResolveError, match=message):
+        resolve(DID, config=config(web, dns_stub))
+
+
+def test_document_parser_accepts_full_and_relative_ids_and_trims_the_url():
+    document = good_document()
+    document["service"][0].update(id=f"{DID}#atproto_pds", serviceEndpoint=PDS + "/")
+    document["verificationMethod"][0]["id"] = "#atproto"
+    identity = identity_from_document(DID, document)
+    assert identity.pds == PDS and identity.handle == HANDLE
+
+
+def test_legacy_uncompressed_secp256k1_key_is_read():
+    import coincurve
+    from multiformats import multibase
+
+    public = KEY.public_key
+    # the old EcdsaSecp256k1VerificationKey2019 form: a bare uncompressed point
+    uncompressed = coincurve.PublicKey(public.compressed).format(compressed=False)
+    document = good_document()
+    document["verificationMethod"][0].update(
+        type="EcdsaSecp256k1VerificationKey2019", publicKeyMultibase=multibase.encode(uncompressed, "base58btc")
+    )
+    assert identity_from_document(DID, document).signing_key == public
+
+
+def test_first_valid_at_handle_is_the_claimed_one():
+    document = good_document()
+    document["alsoKnownAs"] = ["https://example.com", "at://not valid", "at://Bob.Test", f"at://{HANDLE}"]
+    assert identity_from_document(DID, document).handle == "bob.test"
+    assert identity_from_document(DID, document, handle=HANDLE).handle == HANDLE
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def test_plc_url_defaults_to_the_environment(monkeypatch):
+    monkeypatch.setenv("PYPDS_PLC_URL", "http://127.0.0.1:9")
+    assert ResolverConfig().plc_url == "http://127.0.0.1:9"
+    monkeypatch.delenv("PYPDS_PLC_URL")
+    assert ResolverConfig().plc_url == DEFAULT_PLC_URL
+
+
+def test_web_base_forms():
+    assert ResolverConfig().web_url("a.test", "/x") == ("https://a.test/x", {})
+    assert ResolverConfig(web_base="http://{host}:8080/").web_url("a.test", "/x") == ("http://a.test:8080/x", {})
+    assert ResolverConfig(web_base="http://127.0.0.1:9/").web_url("a.test", "/x") == (
+        "http://127.0.0.1:9/x",
+        {"Host": "a.test"},
+    )
+    assert ResolverConfig(web_base=lambda host: f"http://{host}.local").web_url("a.test", "/x") == (
+        "http://a.test.local/x",
+        {},
+    )
+
+
+@pytest.mark.parametrize("server", ["not an address", "127.0.0.1:0", "127.0.0.1:http", "[::1]:x"])
+def test_bad_dns_server_setting_is_refused_at_once(server):
+    with pytest.raises(InvalidInput, match="invalid DNS server"):
+        ResolverConfig(nameservers=(server,))
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"plc_url": "ftp://plc.test"}, {"web_base": "file:///tmp"}, {"timeout": 0}, {"max_doc_bytes": 0}],
+)
+def test_bad_settings_are_refused_at_once(settings):
+    with pytest.raises(InvalidInput):
+        ResolverConfig(**settings)
