@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -842,7 +843,8 @@ class Repo:
         store = self._store_or_raise()
         with store.transaction():
             self._refresh()  # under the write lock: we build on the latest HEAD
-            root, height, records = self._apply_ops(ops)
+            root, height = self._apply_ops(ops)
+            records = (op.record for op in ops if op.record is not None)  # repeats are stored once
             written = self._write_commit(root, records, key)
             self._update_index(written.commit, root, _effects(ops))
         self._committed(written)
@@ -865,11 +867,7 @@ class Repo:
         else:
             store.index_replace(head, iter_range(self._cache, root))
 
-    def _apply_ops(self, ops: list[WriteOp]) -> tuple[Node, int, list[tuple[CID, bytes]]]:
-        records: dict[bytes, tuple[CID, bytes]] = {}
-        for op in ops:
-            if op.record is not None:
-                records[op.record[0].cid_bytes] = op.record
+    def _apply_ops(self, ops: list[WriteOp]) -> tuple[Node, int]:
         root = self._root
         if root.is_empty and len(ops) >= BULK_BUILD_THRESHOLD:
             final: dict[bytes, CID] = {}
@@ -886,9 +884,9 @@ class Repo:
                     new_root, height = mst_put(self._cache, new_root, height, op.key, op.record[0])
                 else:
                     new_root, height = mst_delete(self._cache, new_root, height, op.key)
-        return new_root, height, list(records.values())
+        return new_root, height
 
-    def _write_commit(self, root: Node, records: list[tuple[CID, bytes]], key: SigningKey) -> _Written:
+    def _write_commit(self, root: Node, records: Iterable[tuple[CID, bytes]], key: SigningKey) -> _Written:
         """Sign a commit over ``root`` and write it with the new blocks (inside a transaction).
 
         The caller passes the result to :meth:`_committed` once the
@@ -898,10 +896,8 @@ class Repo:
         new_nodes = _unpersisted_nodes(root)
         rev = self._clock.next()
         _commit, block, commit_cid = sign_commit(self._did, root.cid, rev, key)
-        blocks = [(node.cid, node.data) for node in new_nodes]
-        blocks.extend(records)
-        blocks.append((commit_cid, block))
-        store.put_blocks(blocks, rev)
+        nodes = ((node.cid, node.data) for node in new_nodes)
+        store.put_blocks(itertools.chain(nodes, records, [(commit_cid, block)]), rev)
         store.set_head(commit_cid, rev)
         store.record_commit(commit_cid, rev, self._head if self._head.cid_bytes else None)
         return _Written(commit_cid, rev, new_nodes)
