@@ -36,6 +36,8 @@ _MAX_VARINT_BYTES = 9  # enough for any length below 2**63
 
 def encode_varint(value: int) -> bytes:
     """Unsigned LEB128 encoding of ``value``."""
+    if value < 0x4000:  # every section under 16 KiB: one or two bytes
+        return bytes((value,)) if value < 0x80 else bytes(((value & 0x7F) | 0x80, value >> 7))
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)

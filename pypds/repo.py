@@ -54,6 +54,7 @@ from .mst import (
     diff_trees,
     empty_node,
     iter_range,
+    iter_stored_stream_order,
     iter_stream_order,
     key_height,
 )
@@ -948,9 +949,9 @@ class Repo:
         read_record = store.get_block
         if since is None and store.index_head() == commit_cid:
             read_record = _IndexedRecords(store).read
-        for cid, node in iter_stream_order(self._cache, commit.data, keep=keep):
-            if node is not None:
-                yield cid, node.data
+        for cid, node_block in iter_stored_stream_order(self._cache.cached, store.get_block, commit.data, keep=keep):
+            if node_block is not None:
+                yield cid, node_block
                 continue
             data = read_record(cid)  # called for every record, so the indexed reader keeps pace
             if cid.cid_bytes in written:

@@ -265,3 +265,53 @@ def test_mst_view_reports_len_items_and_root():
     assert view.get(EXAMPLE_KEYS[0]) == LEAF and EXAMPLE_KEYS[0] in view
     prefix = EXAMPLE_KEYS[0].split("/")[0] + "/"
     assert [k for k, _ in view.items(prefix)] == sorted(k for k in set(EXAMPLE_KEYS) if k.startswith(prefix))
+
+
+def _stored_tree(keys: list[bytes]) -> tuple[dict[bytes, bytes], CID]:
+    """Every node block of the tree holding ``keys`` (by CID bytes), and its root CID."""
+    root, _ = build_tree([(k, cid_for_cbor(k)) for k in sorted(keys)])
+    blocks: dict[bytes, bytes] = {}
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        blocks[node.cid.cid_bytes] = node.data
+        stack.extend(link for link in node.links if isinstance(link, Node))
+    return blocks, root.cid
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sets(st.integers(0, 5000), min_size=0, max_size=300))
+def test_stored_stream_order_matches_the_node_walk(numbers):
+    from pypds.mst.cache import NodeCache
+    from pypds.mst.tree import iter_stored_stream_order, iter_stream_order
+
+    blocks, root = _stored_tree([f"app.bsky.feed.post/k{n:05d}".encode() for n in numbers])
+    get = lambda cid: blocks.get(cid.cid_bytes)  # noqa: E731
+    expected = [(cid, None if node is None else node.data) for cid, node in iter_stream_order(NodeCache(get), root)]
+    assert list(iter_stored_stream_order(lambda cid: None, get, root)) == expected
+    cache = NodeCache(get)
+    for cid, node in expected[: len(expected) // 2]:  # half the nodes already cached: same walk
+        if node is not None:
+            cache.load_node(cid)
+    assert list(iter_stored_stream_order(cache.cached, get, root)) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [],
+        {"e": "x", "l": None},
+        {"e": [], "l": b"not a cid"},
+        {"e": [{"k": b"a", "p": 0, "v": b"no cid", "t": None}], "l": None},
+        {"e": [{"k": b"a", "p": 0, "v": cid_for_cbor(b"\xa0"), "t": 5}], "l": None},
+        {"e": [7], "l": None},
+    ],
+)
+def test_decode_links_rejects_malformed_nodes(value):
+    import cbrrr
+
+    from pypds.mst.node import decode_links
+
+    data = cbrrr.encode_dag_cbor(value)
+    with pytest.raises(InvalidMst):
+        decode_links(data, cid_for_cbor(data))

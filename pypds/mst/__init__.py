@@ -49,7 +49,7 @@ from .build import build_tree
 from .diff import RecordChange, diff_trees
 from .edit import delete, put
 from .node import Link, Node, NodeSource, decode_node, empty_node, encode_node, key_height
-from .tree import MST, iter_range, iter_stream_order, lookup
+from .tree import MST, iter_range, iter_stored_stream_order, iter_stream_order, lookup
 from .verify import TreeWalk, walk_tree
 
 __all__ = [
@@ -67,6 +67,7 @@ __all__ = [
     "encode_node",
     "iter_range",
     "iter_stream_order",
+    "iter_stored_stream_order",
     "key_height",
     "lookup",
     "put",

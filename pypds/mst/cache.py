@@ -31,6 +31,10 @@ class NodeCache:
             self.add(node)
         return node
 
+    def cached(self, cid: CID) -> Node | None:
+        """The node if it is in the cache (nothing is loaded)."""
+        return self._nodes.get(cid.cid_bytes)
+
     def clear(self) -> None:
         """Forget every cached node (after blocks were removed from the store)."""
         self._nodes.clear()

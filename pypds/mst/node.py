@@ -153,6 +153,31 @@ def _check_value(value: object, index: int) -> CID:
     return value  # type: ignore[return-value]
 
 
+def decode_links(data: bytes, cid: CID) -> tuple[CID | None, list[tuple[CID, CID | None]]]:
+    """The left link and the ``(value, right link)`` of each entry of a node block.
+
+    For walks over trees already stored and checked (export): keys are not
+    rebuilt and MST rules are not re-checked, only what the walk relies on,
+    that links and values are CIDs. :func:`decode_node` checks everything.
+    """
+    try:
+        obj = cbrrr.decode_dag_cbor(data)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidCbor(f"MST node {cid.encode()}: invalid DAG-CBOR: {exc}") from None
+    entries = obj.get("e") if type(obj) is dict else None
+    left = obj.get("l") if type(obj) is dict else None
+    if type(entries) is not list or not (left is None or type(left) is CID):
+        raise InvalidMst(f"MST node {cid.encode()}: expected a map with a list 'e' and a link 'l'")
+    out: list[tuple[CID, CID | None]] = []
+    for entry in entries:
+        value = entry.get("v") if type(entry) is dict else None
+        right = entry.get("t") if type(entry) is dict else None
+        if type(value) is not CID or not (right is None or type(right) is CID):
+            raise InvalidMst(f"MST node {cid.encode()}: an entry lacks a value CID or has a bad link")
+        out.append((value, right))
+    return left, out
+
+
 def decode_node(data: bytes, cid: CID | None = None, limits: Limits = DEFAULT_LIMITS) -> Node:
     """Decode and structurally check one MST node block.
 

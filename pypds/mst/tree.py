@@ -6,7 +6,8 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
 from ..cid import CID
-from .node import Link, Node, NodeSource, resolve
+from ..errors import MissingBlock
+from .node import Link, Node, NodeSource, decode_links, link_cid, resolve
 
 
 def lookup(source: NodeSource, root: Link, key: bytes) -> CID | None:
@@ -128,6 +129,48 @@ def iter_stream_order(
         for i, value in enumerate(node.vals):
             pending.append((value,))
             pending.append(node.links[i + 1])
+        pending.reverse()
+        stack.extend(pending)
+
+
+def iter_stored_stream_order(
+    cached: Callable[[CID], Node | None],
+    get_block: Callable[[CID], bytes | None],
+    root: CID,
+    *,
+    keep: Callable[[CID], bool] | None = None,
+) -> Iterator[tuple[CID, bytes | None]]:
+    """The order of :func:`iter_stream_order` for a stored tree: ``(cid, block)`` for nodes, ``(cid, None)``
+    for records.
+
+    Nodes come from ``cached`` when it has them, else from ``get_block``,
+    decoded only for their links (:func:`~pypds.mst.node.decode_links`):
+    the fast path for exporting a tree the store already holds.
+    """
+    stack: list[tuple[CID, bool]] = [(root, True)]
+    while stack:
+        cid, is_node = stack.pop()
+        if keep is not None and not keep(cid):
+            continue
+        if not is_node:
+            yield cid, None
+            continue
+        node = cached(cid)
+        if node is not None:
+            yield cid, node.data
+            left = link_cid(node.links[0])
+            entries = [(value, link_cid(node.links[i + 1])) for i, value in enumerate(node.vals)]
+        else:
+            data = get_block(cid)
+            if data is None:
+                raise MissingBlock(f"missing MST node {cid.encode()}", cid)
+            yield cid, data
+            left, entries = decode_links(data, cid)
+        pending: list[tuple[CID, bool]] = [] if left is None else [(left, True)]
+        for value, right in entries:
+            pending.append((value, False))
+            if right is not None:
+                pending.append((right, True))
         pending.reverse()
         stack.extend(pending)
 
