@@ -42,10 +42,6 @@ DB_NAME = "pds.db"
 # SQLite's page cache per connection (KiB). The default, 2 MiB, is smaller
 # than the upper levels of the blocks B-tree of a large repo.
 PAGE_CACHE_KIB = 32 * 1024
-# Reads of the first MMAP_BYTES of pds.db go through a memory map instead of
-# a read() per page: random reads of a large store (export, first reads
-# after open) take about a third less time. Writes still go through the WAL.
-MMAP_BYTES = 1 << 30
 
 _BLOCKS = (
     "CREATE TABLE blocks (id INTEGER PRIMARY KEY, cid BLOB NOT NULL UNIQUE, rev TEXT NOT NULL, data BLOB NOT NULL);"
@@ -145,7 +141,6 @@ class Store:
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute(f"PRAGMA synchronous = {_SYNC[durability]}")
         self.conn.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
-        self.conn.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
 
     def close(self) -> None:
         self.conn.close()
