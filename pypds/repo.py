@@ -63,7 +63,7 @@ from .mst import put as mst_put
 from .mst.cache import NodeCache
 from .mst.verify import walk_tree
 from .proof import proof_path
-from .record_cache import RecordCache
+from .record_cache import CachedRecord, RecordCache
 from .store import Store
 from .syntax import check_collection, check_did, check_record_key, check_tid, repo_path
 from .tid import TidClock
@@ -342,14 +342,13 @@ class Repo:
     @_public
     def find(self, collection: str, rkey: str) -> dict | None:
         """The record at collection/rkey as a dict, or None."""
-        path = repo_path(collection, rkey)
-        data = self._find_bytes(path)
-        return None if data is None else cbor.decode(data, path)
+        data = self._find_bytes(collection, rkey)
+        return None if data is None else cbor.decode(data, f"{collection}/{rkey}")
 
     @_public
     def find_bytes(self, collection: str, rkey: str) -> bytes | None:
         """The record's DAG-CBOR bytes, or None."""
-        return self._find_bytes(repo_path(collection, rkey))
+        return self._find_bytes(collection, rkey)
 
     @_public
     def find_cid(self, collection: str, rkey: str) -> CID | None:
@@ -357,21 +356,21 @@ class Repo:
         found = self._store_or_raise().index_cid(repo_path(collection, rkey).encode())
         return None if found is None else CID(found)
 
-    def _find_bytes(self, path: str) -> bytes | None:
+    def _find_bytes(self, collection: str, rkey: str) -> bytes | None:
         # One statement on the paths index, which every transaction that moves
         # HEAD keeps current. A cached read is used only if the index still
         # holds the CID it was read under, and then the block is not read.
-        key = path.encode()
-        cached = self._records.get(key)
-        found = self._store_or_raise().index_record(key, None if cached is None else cached[0])
+        cached = self._records.get(collection, rkey)
+        path = repo_path(collection, rkey).encode() if cached is None else cached.path
+        found = self._store_or_raise().index_record(path, None if cached is None else cached.cid)
         if found is None:
             return None
         cid, same, data = found
         if same:
-            return cached[1]  # type: ignore[index]
+            return cached.data  # type: ignore[union-attr]
         if data is None:
-            raise MissingBlock(f"record block {CID(cid).encode()} for {path} is missing", CID(cid))
-        self._records.put(key, cid, data)
+            raise MissingBlock(f"record block {CID(cid).encode()} for {path.decode()} is missing", CID(cid))
+        self._records.put(collection, rkey, CachedRecord(path, cid, data))
         return data
 
     @_public

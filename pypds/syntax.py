@@ -72,7 +72,7 @@ def is_valid_tid(value: str) -> bool:
 
 def check_collection(collection: str) -> str:
     """Return ``collection`` or raise InvalidRepoPath if it is not an NSID."""
-    if collection in _KNOWN_COLLECTIONS:  # a repo has few collections: skip the regex for the ones seen
+    if type(collection) is str and collection in _KNOWN_COLLECTIONS:  # few collections: skip the regex for known ones
         return collection
     if not is_valid_nsid(collection):
         raise InvalidRepoPath(f"invalid collection (not an NSID): {shown(collection)}")

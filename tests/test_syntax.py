@@ -138,6 +138,9 @@ def test_split_repo_path_inverts_repo_path():
         ("app.bsky.feed.post", "a/b"),
         ("app.bsky.feed.post", "a b"),
         ("app.bsky.feed.post/x", "self"),
+        (["app.bsky.feed.post"], "self"),  # unhashable: must not reach the known-collections set
+        (None, "self"),
+        ("app.bsky.feed.post", ["self"]),
     ],
 )
 def test_repo_path_rejects_invalid_parts(collection, rkey):
