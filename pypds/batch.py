@@ -2,25 +2,27 @@
 
 ``Repo.batch()`` hands out a :class:`Batch`; each ``put`` validates and
 encodes its record at once (so a bad record fails inside the ``with``
-block), and the repository applies every collected :class:`WriteOp` in
+block), and the repository applies every collected write (a ``WriteOp``) in
 one signed commit when the block ends.
 """
 
 from __future__ import annotations
 
+import hashlib
+
 from . import cbor
-from .cid import CID, cid_for_cbor
+from .cid import CID, DAG_CBOR_PREFIX
 from .errors import InvalidCbor, InvalidRecord
 from .limits import Limits
 from .syntax import repo_path
 
-
-class WriteOp:
-    __slots__ = ("key", "record")
-
-    def __init__(self, key: bytes, record: tuple[CID, bytes] | None) -> None:
-        self.key = key
-        self.record = record  # None for a delete
+# One pending write, ``(key, cid, data)``: the repo path (UTF-8), the raw CID
+# bytes and the block of the record for a put; ``(key, None, None)`` for a
+# delete. A plain tuple of bytes, on purpose: CPython stops tracking such a
+# tuple in its cyclic garbage collector (it cannot be part of a cycle), so a
+# batch of a million pending writes adds nothing to every collection pass
+# while it is filled. (A NamedTuple or slotted object would stay tracked.)
+WriteOp = tuple[bytes, bytes | None, bytes | None]
 
 
 class Batch:
@@ -39,13 +41,13 @@ class Batch:
         """Create or replace a record; returns the record's CID."""
         path = repo_path(collection, rkey)
         data = record_bytes(record, path, self._limits)
-        cid = cid_for_cbor(data)
-        self.ops.append(WriteOp(path.encode(), (cid, data)))
-        return cid
+        raw = DAG_CBOR_PREFIX + hashlib.sha256(data).digest()
+        self.ops.append((path.encode(), raw, data))
+        return CID(raw)
 
     def delete(self, collection: str, rkey: str) -> None:
         """Delete a record (the commit fails with RecordNotFound if it is absent)."""
-        self.ops.append(WriteOp(repo_path(collection, rkey).encode(), None))
+        self.ops.append((repo_path(collection, rkey).encode(), None, None))
 
 
 def record_bytes(record: dict | bytes, path: str, limits: Limits) -> bytes:

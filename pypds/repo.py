@@ -294,7 +294,10 @@ class Repo:
         store = self._store_or_raise()
         with store.transaction():
             self._refresh()
-            changes = [(c.path.encode(), c.new) for c in diff_trees(self._cache, self._root, commit.data)]
+            changes = [
+                (c.path.encode(), None if c.new is None else c.new.cid_bytes)
+                for c in diff_trees(self._cache, self._root, commit.data)
+            ]
             store.set_head(cid, commit.rev)
             self._update_index(cid, commit.data, changes)
         self._refresh(force=True)
@@ -844,7 +847,7 @@ class Repo:
         with store.transaction():
             self._refresh()  # under the write lock: we build on the latest HEAD
             root, height = self._apply_ops(ops)
-            records = (op.record for op in ops if op.record is not None)  # repeats are stored once
+            records = ((CID(cid), data) for _key, cid, data in ops if cid is not None)  # repeats stored once
             written = self._write_commit(root, records, key)
             self._update_index(written.commit, root, _effects(ops))
         self._committed(written)
@@ -855,7 +858,7 @@ class Repo:
         self._set_state(written.commit, written.rev, root, height)
         return written.commit
 
-    def _update_index(self, head: CID, root: Link, changes: list[tuple[bytes, CID | None]]) -> None:
+    def _update_index(self, head: CID, root: Link, changes: list[tuple[bytes, bytes | None]]) -> None:
         """Bring the paths index to ``head`` (inside the transaction that moves HEAD there).
 
         ``changes`` are applied when the index is at the previous HEAD;
@@ -870,20 +873,20 @@ class Repo:
     def _apply_ops(self, ops: list[WriteOp]) -> tuple[Node, int]:
         root = self._root
         if root.is_empty and len(ops) >= BULK_BUILD_THRESHOLD:
-            final: dict[bytes, CID] = {}
-            for op in ops:
-                if op.record is not None:
-                    final[op.key] = op.record[0]
-                elif final.pop(op.key, None) is None:
-                    raise RecordNotFound(f"no record at {op.key.decode()}")
-            new_root, height = build_tree(sorted(final.items()))
+            final: dict[bytes, bytes] = {}
+            for key, cid, _data in ops:
+                if cid is not None:
+                    final[key] = cid
+                elif final.pop(key, None) is None:
+                    raise RecordNotFound(f"no record at {key.decode()}")
+            new_root, height = build_tree([(key, CID(final[key])) for key in sorted(final)])
         else:
             new_root, height = root, self._height
-            for op in ops:
-                if op.record is not None:
-                    new_root, height = mst_put(self._cache, new_root, height, op.key, op.record[0])
+            for key, cid, _data in ops:
+                if cid is not None:
+                    new_root, height = mst_put(self._cache, new_root, height, key, CID(cid))
                 else:
-                    new_root, height = mst_delete(self._cache, new_root, height, op.key)
+                    new_root, height = mst_delete(self._cache, new_root, height, key)
         return new_root, height
 
     def _write_commit(self, root: Node, records: Iterable[tuple[CID, bytes]], key: SigningKey) -> _Written:
@@ -1046,12 +1049,9 @@ class _IndexedRecords:
         return self._store.get_block(cid)
 
 
-def _effects(ops: list[WriteOp]) -> list[tuple[bytes, CID | None]]:
-    """The net change per key of a list of writes: the new record CID, or None if deleted."""
-    final: dict[bytes, CID | None] = {}
-    for op in ops:
-        final[op.key] = None if op.record is None else op.record[0]
-    return list(final.items())
+def _effects(ops: list[WriteOp]) -> list[tuple[bytes, bytes | None]]:
+    """The net change per key of a list of writes: the new record CID bytes, or None if deleted."""
+    return list({key: cid for key, cid, _data in ops}.items())
 
 
 def _op(change: RecordChange) -> dict:

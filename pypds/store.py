@@ -276,15 +276,15 @@ class Store:
         self.conn.executemany("INSERT INTO paths (path, cid) VALUES (?, ?)", ((k, c.cid_bytes) for k, c in leaves))
         self.set_meta("index_head", head.cid_bytes)
 
-    def index_apply(self, head: CID, changes: Iterable[tuple[bytes, CID | None]]) -> None:
-        """Apply ``(path, new cid or None)`` changes, bringing the index to HEAD ``head``."""
+    def index_apply(self, head: CID, changes: Iterable[tuple[bytes, bytes | None]]) -> None:
+        """Apply ``(path, new record CID bytes or None)`` changes, bringing the index to HEAD ``head``."""
         deleted: list[tuple[bytes]] = []
         written: list[tuple[bytes, bytes]] = []
         for path, cid in changes:  # at most one change per path: the order between the two lists is free
             if cid is None:
                 deleted.append((path,))
             else:
-                written.append((path, cid.cid_bytes))
+                written.append((path, cid))
         self.conn.executemany("DELETE FROM paths WHERE path = ?", deleted)
         self.conn.executemany("INSERT OR REPLACE INTO paths (path, cid) VALUES (?, ?)", written)
         self.set_meta("index_head", head.cid_bytes)
