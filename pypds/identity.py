@@ -55,7 +55,7 @@ from multiformats import multibase
 from .errors import HandleMismatch, InvalidDid, InvalidHandle, InvalidInput, NetworkError, ResolveError, shown
 from .keys import PublicKey, parse_did_key
 from .syntax import check_did, is_valid_did
-from .xrpc import new_session, read_capped
+from .xrpc import new_session, read_capped, small_answer_timeout
 
 __all__ = [
     "DEFAULT_PLC_URL",
@@ -458,7 +458,8 @@ class _Resolver:
         if urlsplit(url).scheme not in ("http", "https"):
             raise ResolveError(f"cannot fetch {shown(url)}: only http and https URLs are used")
         try:
-            async with self.session.get(url, headers=headers, max_redirects=5) as response:
+            timeout = small_answer_timeout(self.session)
+            async with self.session.get(url, headers=headers, max_redirects=5, timeout=timeout) as response:
                 if response.status != 200:
                     return response.status, b"", url
                 return 200, await read_capped(response, self.config.max_doc_bytes, "max_doc_bytes"), url
@@ -502,6 +503,6 @@ def _nameserver(spec: str) -> dns.nameserver.Do53Nameserver:
 
 
 def _port(spec: str, text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not (text.isascii() and text.isdigit() and len(text) <= 5) or not 0 < int(text) < 65536:
         raise InvalidInput(f"invalid DNS server {shown(spec)}: bad port")
     return int(text)

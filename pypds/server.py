@@ -56,7 +56,7 @@ from aiohttp import web
 from .blobs import BlobStore
 from .car import CarWriter
 from .cid import CID, RAW_PREFIX, parse_cid
-from .errors import BlockHashMismatch, InvalidInput, PypdsError
+from .errors import BlockHashMismatch, InvalidInput, PypdsError, shown
 from .repo import Repo
 from .syntax import is_valid_did, is_valid_nsid, is_valid_record_key, is_valid_tid
 from .xrpc import (
@@ -77,6 +77,10 @@ log = logging.getLogger("pypds.server")
 DEFAULT_PORT = 2583
 #: Bytes per chunk of a streamed CAR or blob.
 CHUNK_SIZE = 1 << 16
+#: Seconds a stopping server gives open responses (a CAR download, say) before cutting them.
+SHUTDOWN_TIMEOUT = 2.0
+#: How many listBlobs ``since`` answers are kept for paging.
+BLOBS_SINCE_CACHE = 16
 #: Default and largest page of listRepos / listBlobs (as in the lexicons).
 DEFAULT_LIMIT, MAX_LIMIT = 500, 1000
 #: Most CIDs one getBlocks call may ask for.
@@ -164,6 +168,9 @@ class SyncService:
         self._owned = [repo for repo, owned in repos if owned]
         self.repos = {repo.did: repo for repo, _owned in repos}
         self.chunk_size = chunk_size
+        # listBlobs with ``since`` diffs the tree (O(records changed since)); the full answer is kept
+        # per (DID, HEAD, since) so paging through it does that work once, not once per page.
+        self._blobs_since: dict[tuple[str, bytes, str], list[CID]] = {}
         self.methods: dict[str, Handler] = {
             "com.atproto.sync.getRepo": self.get_repo,
             "com.atproto.sync.getBlocks": self.get_blocks,
@@ -262,12 +269,26 @@ class SyncService:
         cursor = request.query.get("cursor") or None
         if cursor is not None:
             cursor = _parse_cid(cursor, "cursor").encode()
-        cids = await _blocking(partial(repo.list_blobs, since=since, cursor=cursor, limit=limit + 1))
+        if since is None:
+            cids = await _blocking(partial(repo.list_blobs, cursor=cursor, limit=limit + 1))
+        else:
+            every = await self._blobs_changed_since(repo, since)
+            cids = [cid for cid in every if cursor is None or cid.encode() > cursor][: limit + 1]
         page = [cid.encode() for cid in cids[:limit]]
         body: dict[str, Any] = {"cids": page}
         if len(cids) > limit:
             body["cursor"] = page[-1]
         return web.json_response(body)
+
+    async def _blobs_changed_since(self, repo: Repo, since: str) -> list[CID]:
+        key = (repo.did, repo.head.cid_bytes, since)
+        cids = self._blobs_since.get(key)
+        if cids is None:
+            cids = await _blocking(partial(repo.list_blobs, since=since))
+            if len(self._blobs_since) >= BLOBS_SINCE_CACHE:
+                self._blobs_since.pop(next(iter(self._blobs_since)))
+            self._blobs_since[key] = cids
+        return cids
 
     async def get_blob(self, request: web.Request) -> web.StreamResponse:
         repo = self._repo(request)
@@ -306,7 +327,7 @@ class SyncService:
                     break
                 await response.write(chunk)
             await response.write_eof()
-        except ConnectionResetError:
+        except ConnectionError:  # aiohttp raises ConnectionResetError or a plain "Connection lost"
             log.debug("%s: the client went away", request.path)
         except Exception as exc:
             raise StreamAborted(request.path) from exc
@@ -336,7 +357,7 @@ class SyncService:
                 raise BlockHashMismatch(f"blob {cid.encode()} file is corrupt: not sent")
             await response.write(held)
             await response.write_eof()
-        except ConnectionResetError:
+        except ConnectionError:
             log.debug("%s: the client went away", request.path)
         except Exception as exc:
             raise StreamAborted(request.path) from exc
@@ -397,8 +418,9 @@ def _limit(request: web.Request) -> int:
     text = request.query.get("limit")
     if text is None or text == "":
         return DEFAULT_LIMIT
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
-        raise XrpcFailure(400, INVALID_REQUEST, f"limit must be an integer from 1 to {MAX_LIMIT}: {text!r}")
+    # ASCII digits only (str.isdigit also accepts "²" and other scripts' digits), and few of them
+    if not (text.isascii() and text.isdigit() and len(text) <= 6) or not 1 <= int(text) <= MAX_LIMIT:
+        raise XrpcFailure(400, INVALID_REQUEST, f"limit must be an integer from 1 to {MAX_LIMIT}: {shown(text)}")
     return int(text)
 
 
@@ -426,7 +448,7 @@ async def start_server(app: web.Application, host: str = "127.0.0.1", port: int 
 
     Stop it with ``await runner.cleanup()``, which also closes the repositories it opened.
     """
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

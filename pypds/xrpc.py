@@ -70,6 +70,19 @@ _MAX_BACKOFF = 30.0
 Params = Sequence[tuple[str, str]] | dict[str, str]
 
 
+#: A small answer (a DID document, an ``atproto-did``, an XRPC JSON object) must arrive whole within this
+#: many per-read timeouts, so a server dripping a byte at a time cannot hold a lookup open for ever.
+SMALL_ANSWER_TIMEOUTS = 3
+
+
+def small_answer_timeout(session: aiohttp.ClientSession) -> aiohttp.ClientTimeout:
+    """The session's timeouts plus a total cap, for requests whose answer is small."""
+    per_read = session.timeout.sock_read or 10.0
+    return aiohttp.ClientTimeout(
+        total=per_read * SMALL_ANSWER_TIMEOUTS, connect=per_read, sock_connect=per_read, sock_read=per_read
+    )
+
+
 def new_session(timeout: float) -> aiohttp.ClientSession:
     """A client session with pypds' User-Agent and a per-read timeout of ``timeout`` seconds.
 
@@ -176,9 +189,12 @@ class XrpcClient:
         return f"{self.base_url}/xrpc/{method}"
 
     @asynccontextmanager
-    async def open(self, method: str, params: Params) -> AsyncIterator[aiohttp.ClientResponse]:
+    async def open(
+        self, method: str, params: Params, *, timeout: aiohttp.ClientTimeout | None = None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
         """One GET of ``method``; yields the response once its status is 2xx (else raises RemoteError)."""
-        async with self.session.get(self.url(method), params=params, allow_redirects=False) as response:
+        extra = {} if timeout is None else {"timeout": timeout}
+        async with self.session.get(self.url(method), params=params, allow_redirects=False, **extra) as response:
             if not 200 <= response.status < 300:
                 raise await remote_error(response)
             yield response
@@ -187,7 +203,7 @@ class XrpcClient:
         """GET ``method`` and parse its JSON object answer, with retries."""
 
         async def attempt() -> dict[str, Any]:
-            async with self.open(method, params) as response:
+            async with self.open(method, params, timeout=small_answer_timeout(self.session)) as response:
                 body = await read_capped(response, max_bytes, "max_json_bytes")
             try:
                 value = json.loads(body)

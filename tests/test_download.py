@@ -9,6 +9,7 @@ the local copy as it was.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -239,6 +241,15 @@ def test_cli_download_prints_a_summary(source, tmp_path, capsys):
     assert "blobs: 3 fetched, 0 already present, 0 failed" in out
 
 
+def test_cli_does_not_claim_a_check_it_did_not_make_for_an_unchanged_copy(source, tmp_path, capsys):
+    args = ["--plc-url", source.web.url, "--web-base", source.web.url, "--dns", source.dns.address]
+    assert main(["download", HANDLE, "-o", str(tmp_path / "copy"), *args]) == 0
+    capsys.readouterr()
+    assert main(["download", HANDLE, "-o", str(tmp_path / "copy"), "--since", *args]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("unchanged") and "signature valid" not in out and "already the PDS's latest commit" in out
+
+
 def test_cli_download_of_a_tampered_repository_fails_with_status_1(source, proxy, tmp_path, capsys):
     proxy.after["getRepo"] = lambda _request, _status, body: web.Response(body=flip_last_byte(body))
     args = ["--plc-url", source.web.url, "--web-base", source.web.url, "--dns", source.dns.address]
@@ -417,3 +428,44 @@ def test_a_file_in_the_way_is_refused(source, tmp_path):
     (tmp_path / "copy").write_text("not a repository")
     with pytest.raises(InvalidInput, match="is a file"):
         download(HANDLE, tmp_path / "copy", config=source.config)
+
+
+def test_pypds_serve_stops_promptly_while_a_client_stalls_a_download(tmp_path):
+    """SIGTERM must not wait for a slow client to finish a large CAR (aiohttp's default waits 60 s)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    with Repo.create(tmp_path / "big", DID) as repo, repo.batch() as batch:
+        for i in range(40_000):
+            batch.put(POST, f"3kzfcijp{i:05d}", {**post(i), "text": f"{i:06d}" + "x" * 400})
+    process, url = start_cli_server(tmp_path / "big")
+    address = urlsplit(url)
+    reading = threading.Event()
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # so the server's writes soon block
+    client.connect((address.hostname, address.port))
+    try:
+        request = f"GET /xrpc/com.atproto.sync.getRepo?did={DID} HTTP/1.1\r\nHost: x\r\n\r\n"
+        client.sendall(request.encode())
+        assert client.recv(4096).startswith(b"HTTP/1.1 200")
+        reading = threading.Event()
+        reading.set()
+
+        def read_slowly() -> None:  # ~300 KB/s: the 20 MB CAR would take a minute
+            with contextlib.suppress(OSError):
+                while reading.is_set() and client.recv(16384):
+                    time.sleep(0.05)
+
+        reader = threading.Thread(target=read_slowly, daemon=True)
+        reader.start()
+        time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert process.wait(15) == 0
+        assert time.monotonic() - started < 8
+    finally:
+        reading.clear()
+        client.close()
+        if process.poll() is None:
+            process.kill()
+        process.stderr.close()

@@ -348,3 +348,35 @@ def test_bad_dns_server_setting_is_refused_at_once(server):
 def test_bad_settings_are_refused_at_once(settings):
     with pytest.raises(InvalidInput):
         ResolverConfig(**settings)
+
+
+def test_a_document_dripped_a_byte_at_a_time_times_out():
+    """Each read arrives within the timeout, but the whole answer must arrive within a few of them."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+            while not stop.wait(0.1):
+                try:
+                    conn.sendall(b" ")
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    web_base = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    started = time.monotonic()
+    try:
+        with pytest.raises(ResolveError, match="timed out"):
+            resolve("did:web:example.test", config=ResolverConfig(web_base=web_base, timeout=0.4))
+    finally:
+        stop.set()
+        listener.close()
+    assert time.monotonic() - started < 4

@@ -149,7 +149,9 @@ def test_list_repos_pages_in_did_order(world):
     assert len(call_json(world["url"], "listRepos")["repos"]) == 3
 
 
-@pytest.mark.parametrize("limit", ["0", "1001", "-1", "ten", "1.5"])
+@pytest.mark.parametrize(
+    "limit", ["0", "1001", "-1", "ten", "1.5", "\u00b2", "\u0661\u0660", "9" * 5000, "0" * 50 + "5"]
+)
 def test_bad_limit_is_invalid_request(world, limit):
     assert "limit" in assert_xrpc_error(world, "listRepos", {"limit": limit}, 400, "InvalidRequest")
     assert "limit" in assert_xrpc_error(world, "listBlobs", {"did": DID, "limit": limit}, 400, "InvalidRequest")
@@ -175,6 +177,27 @@ def test_list_blobs_pages_through_every_blob(world):
 def test_list_blobs_since_lists_the_blobs_of_newer_records(world):
     page = call_json(world["url"], "listBlobs", {"did": DID, "since": world["first_rev"]})
     assert page["cids"] == [world["blobs"][0].cid.encode()]
+
+
+def test_list_blobs_since_pages_through_the_same_answer(tmp_path):
+    with Repo.create(tmp_path / "r", DID) as repo:
+        repo.put(POST, "first", post(0))
+        since = repo.rev
+        for i in range(5):
+            ref = repo.put_blob(b"blob %d" % i, "image/png")
+            repo.put(POST, f"b{i}", {**post(i), "embed": {"images": [{"image": ref.to_record()}]}})
+        expected = [cid.encode() for cid in repo.list_blobs(since=since)]
+    assert len(expected) == 5
+    with ServerThread(make_app([tmp_path / "r"])) as server:
+        seen, cursor = [], None
+        for _ in range(10):
+            params = {"did": DID, "since": since, "limit": "2", **({"cursor": cursor} if cursor else {})}
+            page = call_json(server.url, "listBlobs", params)
+            seen += page["cids"]
+            cursor = page.get("cursor")
+            if cursor is None:
+                break
+    assert seen == expected
 
 
 def test_list_blobs_bad_cursor_is_invalid_request(world):

@@ -174,7 +174,10 @@ def _print_report(report: DownloadReport, blobs: bool) -> None:
     who = identity.did if identity.handle is None else f"{identity.did} ({identity.handle})"
     size = f", {report.blocks} blocks, {human_size(report.car_bytes)}" if report.action != "unchanged" else ""
     echo(f"{report.action} {report.path}: {who} from {identity.pds}{size}")
-    echo(f"head {report.head.encode()}  rev {report.rev}  signature valid ({identity.did_key})")
+    if report.action == "unchanged":  # nothing was downloaded, so nothing was verified in this run
+        echo(f"head {report.head.encode()}  rev {report.rev}  already the PDS's latest commit")
+    else:
+        echo(f"head {report.head.encode()}  rev {report.rev}  signature valid ({identity.did_key})")
     if blobs:
         echo(
             f"blobs: {len(report.blobs_fetched)} fetched, {report.blobs_present} already present, "
