@@ -158,6 +158,7 @@ class Repo:
                 repo = cls(directory, store, signing_key=key, limits=limits)
                 root = empty_node()
                 written = repo._write_commit(root, [], key)
+                store.index_replace(written.commit, [])  # the empty tree's (empty) paths index
             repo._committed(written)
             repo._set_state(written.commit, written.rev, root, 0)
         except BaseException:

@@ -285,6 +285,7 @@ class Store:
                 deleted.append((path,))
             else:
                 written.append((path, cid))
+        written.sort()  # in key order: sequential B-tree inserts
         self.conn.executemany("DELETE FROM paths WHERE path = ?", deleted)
         self.conn.executemany("INSERT OR REPLACE INTO paths (path, cid) VALUES (?, ?)", written)
         self.set_meta("index_head", head.cid_bytes)

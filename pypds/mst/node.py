@@ -116,10 +116,13 @@ def encode_node(node: Node) -> bytes:
     """The canonical DAG-CBOR block of a node (maximal prefix compression)."""
     entries = []
     prev = b""
-    links = node.links
+    links, vals = node.links, node.vals
     for i, key in enumerate(node.keys):
-        shared = common_prefix_len(prev, key)
-        entries.append({"k": key[shared:], "p": shared, "t": link_cid(links[i + 1]), "v": node.vals[i]})
+        shared = common_prefix_len(prev, key) if prev else 0
+        right = links[i + 1]
+        if right is not None and type(right) is not CID:
+            right = right.cid  # an in-memory node
+        entries.append({"k": key[shared:], "p": shared, "t": right, "v": vals[i]})
         prev = key
     return cbrrr.encode_dag_cbor({"e": entries, "l": link_cid(links[0])})
 
