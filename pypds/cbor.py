@@ -73,10 +73,9 @@ def check_data_model(value: Any, where: str = "", limits: Limits = DEFAULT_LIMIT
             continue
         for item in items:
             kind = type(item)
-            if kind is str or kind is dict or kind is list:
-                if kind is not str:
-                    stack.append((item, depth + 1))
-            elif kind is not bool and item is not None and kind is not bytes:
+            if kind is dict or kind is list:
+                stack.append((item, depth + 1))
+            elif not (kind is str or kind is bytes or kind is bool or item is None):  # those need no check
                 _check_scalar(item, where)
 
 
