@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import os
 import re
 from collections.abc import Callable
@@ -55,7 +54,7 @@ from multiformats import multibase
 from .errors import HandleMismatch, InvalidDid, InvalidHandle, InvalidInput, NetworkError, ResolveError, shown
 from .keys import PublicKey, parse_did_key
 from .syntax import check_did, is_valid_did
-from .xrpc import new_session, read_capped, small_answer_timeout
+from .xrpc import json_object, new_session, read_capped, small_answer_timeout
 
 __all__ = [
     "DEFAULT_PLC_URL",
@@ -441,13 +440,7 @@ class _Resolver:
             raise ResolveError(f"DID {did} {gone} at {url}")
         if status != 200:
             raise ResolveError(f"fetching the DID document of {did} from {url} answered HTTP {status}")
-        try:
-            document = json.loads(body)
-        except ValueError as exc:
-            raise ResolveError(f"DID document of {did} from {url} is not JSON: {exc}") from None
-        if not isinstance(document, dict):
-            raise ResolveError(f"DID document of {did} from {url} is {shown(document)}, not a JSON object")
-        return document
+        return json_object(body, ResolveError, f"DID document of {did} from {url}")
 
     async def _get(self, host: str, path: str) -> tuple[int, bytes, str]:
         url, headers = self.config.web_url(host, path)

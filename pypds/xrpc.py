@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from . import __version__
-from .errors import NetworkError, RemoteError, ResponseTooLarge, shown
+from .errors import NetworkError, PypdsError, RemoteError, ResponseTooLarge, shown
 
 __all__ = [
     "CAR_MIME",
@@ -113,6 +113,21 @@ async def read_capped(response: aiohttp.ClientResponse, max_bytes: int, limit: s
     return b"".join(parts)
 
 
+def json_object(body: bytes, error: type[PypdsError], what: str) -> dict[str, Any]:
+    """Parse an untrusted answer that must be a JSON object; anything else raises ``error`` naming ``what``.
+
+    Deep nesting makes the stdlib parser raise RecursionError: that is bad input too.
+    """
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise error(f"{what} is not valid JSON: {reason}") from None
+    if not isinstance(value, dict):
+        raise error(f"{what} is {shown(value)}, not a JSON object")
+    return value
+
+
 async def remote_error(response: aiohttp.ClientResponse) -> RemoteError:
     """A :class:`RemoteError` for a failed response, named by its XRPC error body when it has one."""
     status = response.status
@@ -120,7 +135,7 @@ async def remote_error(response: aiohttp.ClientResponse) -> RemoteError:
     try:
         body = await read_capped(response, MAX_ERROR_BODY_BYTES, "max_error_body_bytes")
         parsed = json.loads(body)
-    except (NetworkError, aiohttp.ClientError, TimeoutError, ValueError):
+    except (NetworkError, aiohttp.ClientError, TimeoutError, ValueError, RecursionError):
         parsed = None
     if isinstance(parsed, dict):
         if isinstance(parsed.get("error"), str) and parsed["error"]:
@@ -205,12 +220,6 @@ class XrpcClient:
         async def attempt() -> dict[str, Any]:
             async with self.open(method, params, timeout=small_answer_timeout(self.session)) as response:
                 body = await read_capped(response, max_bytes, "max_json_bytes")
-            try:
-                value = json.loads(body)
-            except ValueError as exc:
-                raise NetworkError(f"{self.url(method)} answered with invalid JSON: {exc}") from None
-            if not isinstance(value, dict):
-                raise NetworkError(f"{self.url(method)} answered {shown(value)}, not a JSON object")
-            return value
+            return json_object(body, NetworkError, f"the answer of {self.url(method)}")
 
         return await retrying(attempt, what=f"GET {self.url(method)}", retries=self.retries, backoff=self.backoff)

@@ -248,6 +248,7 @@ def test_rm_and_record_errors(capsys, monkeypatch, alice, tmp_path):
         '["not", "an", "object"]': "object",
         '{"text": "no type"}': "$type",
         '{"$type": "x", "l": {"$link": "nope"}}': "$link",
+        '{"$type": "x", "a": ' + "[" * 100_000: "nested too deeply",
     }
     for text, message in cases.items():
         bad.write_text(text)

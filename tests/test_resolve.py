@@ -230,7 +230,7 @@ def test_oversized_document_is_refused_by_its_cap(web, dns_stub):
         resolve(DID, config=config(web, dns_stub, max_doc_bytes=4096))
 
 
-@pytest.mark.parametrize("body", ["not json", "[1, 2]", "null", '"did"'])
+@pytest.mark.parametrize("body", ["not json", "[1, 2]", "null", '"did"', "[" * 100_000, '{"a":' * 100_000])
 def test_a_document_that_is_not_a_json_object_is_refused(web, dns_stub, body):
     web.plc[DID] = body
     with pytest.raises(ResolveError, match="DID document"):
@@ -380,3 +380,13 @@ def test_a_document_dripped_a_byte_at_a_time_times_out():
         stop.set()
         listener.close()
     assert time.monotonic() - started < 4
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"a":' * 100_000, b"\xff", b"[]"])
+def test_json_object_turns_any_bad_answer_into_the_given_error(body):
+    from pypds import NetworkError
+    from pypds.xrpc import json_object
+
+    with pytest.raises(NetworkError, match="the answer"):
+        json_object(body, NetworkError, "the answer")
+    assert json_object(b'{"cid": "x"}', NetworkError, "the answer") == {"cid": "x"}
