@@ -55,7 +55,6 @@ from .mst import (
     empty_node,
     iter_range,
     iter_stored_stream_order,
-    iter_stream_order,
     key_height,
 )
 from .mst import delete as mst_delete
@@ -526,9 +525,10 @@ class Repo:
             reachable.add(commit_cid.cid_bytes)
             commit = self._load_commit(commit_cid)
             fresh = lambda cid: cid.cid_bytes not in reachable  # noqa: E731 - shared subtrees are walked once
-            for cid, node in iter_stream_order(self._cache, commit.data, keep=fresh):
+            walk = iter_stored_stream_order(self._cache.cached, store.get_block, commit.data, keep=fresh)
+            for cid, node_block in walk:
                 reachable.add(cid.cid_bytes)
-                if node is None:
+                if node_block is None:
                     data = store.get_block(cid)
                     if data is None:
                         raise MissingBlock(f"record block {cid.encode()} is missing", cid)
