@@ -80,8 +80,12 @@ class VerifiedCommit:
     commit: Commit
     commit_cid: CID
     data: CID  # the MST root after the commit
-    prev_data: CID  # the MST root before it, recomputed by undoing the ops
-    prev_data_checked: bool  # whether the message carried prevData to compare with
+    #: the MST root before it, recomputed by undoing the ops; None when they could not be undone
+    prev_data: CID | None
+    prev_data_checked: bool  # whether the message carried prevData and it matched
+    #: whether the ops were undone on the partial tree; False only for a legacy message (no
+    #: prevData) with an update or delete that lacks ``prev``, which cannot be undone
+    inverted: bool = True
 
 
 def verify_commit_message(
@@ -99,6 +103,12 @@ def verify_commit_message(
     value in the new tree and every deleted path is absent; undoing every op
     on the partial tree succeeds using only the CAR's blocks; and, when the
     message carries ``prevData``, the undone tree's root equals it.
+
+    A message without ``prevData`` predates sync 1.1; its update and delete
+    ops may lack ``prev`` (optional in the lexicon), and then the ops cannot
+    be undone. Such a message is checked for everything else and accepted
+    with ``inverted=False`` and ``prev_data=None``. With ``prevData``, an op
+    without ``prev`` is an error.
     """
     msg = _normalise(message)
     repo, rev, commit_cid = msg.get("repo"), msg.get("rev"), msg.get("commit")
@@ -121,8 +131,10 @@ def verify_commit_message(
         if found != expected:
             got = "absent" if found is None else found.encode()
             raise InvalidCommitMessage(f"op {action} {path.decode()}: the new tree holds {got}")
-    root = _undo(tree, commit.data, parsed)
     prev_data = msg.get("prevData")
+    if prev_data is None and not _invertible(parsed):
+        return VerifiedCommit(commit, commit_cid, commit.data, None, False, inverted=False)
+    root = _undo(tree, commit.data, parsed)
     if prev_data is not None:
         if type(prev_data) is not CID:
             raise InvalidCommitMessage("'prevData' is not a CID")
@@ -131,6 +143,11 @@ def verify_commit_message(
                 f"undoing the ops gives MST root {root.encode()}, the message's prevData is {prev_data.encode()}"
             )
     return VerifiedCommit(commit, commit_cid, commit.data, root, prev_data is not None)
+
+
+def _invertible(ops: list[tuple[bytes, str, CID | None, CID | None]]) -> bool:
+    """Whether every op can be undone: a create always, an update or delete only with its ``prev``."""
+    return all(action == "create" or prev is not None for _path, action, _cid, prev in ops)
 
 
 def _normalise(message: dict) -> dict:

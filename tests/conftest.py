@@ -10,6 +10,7 @@ import pytest
 FIXTURES = Path(__file__).parent / "fixtures"
 INTEROP = FIXTURES / "atproto-interop"
 REFERENCE = FIXTURES / "reference"
+REALWORLD = FIXTURES / "realworld"
 
 DID = "did:plc:w4xbfzo7kqfes5zb7r6qv3rw"
 POST = "app.bsky.feed.post"

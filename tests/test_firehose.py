@@ -13,12 +13,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pypds import CID, CarWriter, InvalidCommitMessage, MissingBlock, PypdsError, Repo, to_json
+from pypds import (
+    CID,
+    BadSignature,
+    CarWriter,
+    InvalidCommitMessage,
+    MissingBlock,
+    PypdsError,
+    Repo,
+    generate_signing_key,
+    to_json,
+)
 from pypds.car import CarReader
 from pypds.firehose import _PartialTree, _undo, covering_proof, verify_commit_message
 from pypds.mst import build_tree, delete, put
 
-from .conftest import DID, INTEROP, POST, REFERENCE, load_json, post
+from .conftest import DID, INTEROP, POST, REALWORLD, REFERENCE, load_json, post
 from .test_mst import MemorySource
 
 PROOF_CASES = load_json(INTEROP / "firehose" / "commit-proof-fixtures.json")
@@ -114,7 +124,8 @@ ALTERATIONS = {
         cid={"$link": "bafyreie5cvv4h45feadgeuwhbcutmh6t2ceseocckahdoe6uat64zmz454"}
     ),
     "op path": lambda m: m["ops"][0].update(path=m["ops"][0]["path"] + "x"),
-    "op action": lambda m: m["ops"][0].update(action="update"),
+    "op action": lambda m: m["ops"][0].update(action="delete"),
+    "op action and prev data": lambda m: (m["ops"][0].update(action="update"), m.update(prevData=OTHER)),
     "prevData": lambda m: m.update(prevData=OTHER),
     "commit link": lambda m: m.update(commit=OTHER),
     "flipped byte": lambda m: m.update(blocks={"$bytes": _b64(_car_bytes(m)[:-1] + bytes([_car_bytes(m)[-1] ^ 1]))}),
@@ -130,6 +141,15 @@ def test_altered_messages_are_rejected(path, change):
     ALTERATIONS[change](msg)
     with pytest.raises(PypdsError):
         verify_commit_message(msg)
+
+
+def test_legacy_create_relabelled_update_cannot_be_told_apart_and_is_not_inverted():
+    # Without prevData and prev, nothing in a pre-sync-1.1 message says whether the key
+    # existed before: the check that remains is that the new tree holds the op's CID.
+    msg = copy.deepcopy(_message(MAIN_PDS))
+    msg["ops"][0]["action"] = "update"
+    result = verify_commit_message(msg)
+    assert not result.inverted and result.prev_data is None
 
 
 def test_message_with_a_wrong_prev_data_is_rejected():
@@ -275,3 +295,74 @@ def test_malformed_message_fields_give_a_pypds_error(fields):
     msg = {**_message(MAIN_PDS), **fields}
     with contextlib.suppress(PypdsError):
         verify_commit_message(msg)
+
+
+# -- recorded relay streams (indigo), legacy messages included -----------------------------
+
+STREAMS = sorted((REALWORLD / "indigo-relay-streams").glob("*.json"))
+
+
+def _stream_commits():
+    for path in STREAMS:
+        stream = load_json(path)
+        keys = {a["identity"]["did"]: a["identity"]["keys"]["atproto"]["publicKeyMultibase"] for a in stream["accounts"]}
+        for message in stream["messages"]:
+            if message["frame"]["header"]["t"] == "#commit":
+                body = message["frame"]["body"]
+                yield pytest.param(body, "did:key:" + keys[body["repo"]], message, id=f"{path.stem}-{body['seq']}")
+
+
+@pytest.mark.parametrize(("body", "key", "expected"), list(_stream_commits()))
+def test_recorded_relay_stream_commits_get_the_outcome_the_relay_expects(body, key, expected):
+    if expected["drop"] or expected["invalid"]:
+        with pytest.raises(PypdsError):
+            verify_commit_message(body, key=key)
+        return
+    result = verify_commit_message(body, key=key)
+    assert result.commit.rev == body["rev"]
+    assert result.prev_data_checked == ("prevData" in body)
+
+
+def _legacy_messages():
+    return [m["frame"]["body"] for m in load_json(STREAMS_LEGACY)["messages"]]
+
+
+STREAMS_LEGACY = REALWORLD / "indigo-relay-streams" / "post_lifecycle_legacy.json"
+
+
+def test_legacy_delete_without_prev_is_accepted_and_says_the_inversion_was_not_checked():
+    deletes = [m for m in _legacy_messages() if m["ops"][0]["action"] == "delete"]
+    assert deletes and all("prev" not in m["ops"][0] and "prevData" not in m for m in deletes)
+    for message in deletes:
+        result = verify_commit_message(message)
+        assert not result.inverted
+        assert result.prev_data is None
+        assert not result.prev_data_checked
+
+
+def test_legacy_creates_are_inverted_without_a_prev_data_to_compare():
+    creates = [m for m in _legacy_messages() if m["ops"][0]["action"] == "create"]
+    for message in creates:
+        result = verify_commit_message(message)
+        assert result.inverted and result.prev_data is not None
+        assert not result.prev_data_checked
+
+
+def test_legacy_delete_still_checks_the_path_is_gone_and_the_signature():
+    message = next(m for m in _legacy_messages() if m["ops"][0]["action"] == "delete")
+    with pytest.raises(BadSignature):
+        verify_commit_message(message, key=generate_signing_key().did_key)
+    altered = copy.deepcopy(message)
+    create = next(m for m in _legacy_messages() if m["ops"][0]["action"] == "create")
+    altered["ops"][0]["path"] = create["ops"][0]["path"]  # a path that is still in the tree? must not be "deleted"
+    altered["rev"] = "3llxva5nnod2e"
+    with pytest.raises(InvalidCommitMessage):
+        verify_commit_message(altered)
+
+
+def test_a_delete_without_prev_in_a_message_with_prev_data_is_still_rejected():
+    message = copy.deepcopy(load_json(STREAMS[1])["messages"][1]["frame"]["body"])
+    assert message["ops"][0]["action"] == "delete" and "prevData" in message
+    del message["ops"][0]["prev"]
+    with pytest.raises(InvalidCommitMessage, match="no 'prev'"):
+        verify_commit_message(message)
