@@ -15,7 +15,7 @@ from . import cbor
 from .car import CarReader, CarSource
 from .cid import CID, is_dag_cbor
 from .commit import Commit, decode_commit
-from .errors import InvalidCbor, InvalidMst, InvalidRecord, LimitExceeded, MissingBlock, shown
+from .errors import InvalidCbor, InvalidMst, InvalidRecord, LimitExceeded, MissingBlock, PartialTree, shown
 from .limits import Limits
 from .mst.verify import walk_tree
 
@@ -64,7 +64,20 @@ class LoadedCar:
         checked like the rest but not returned. ``leaves``, if given,
         receives every ``(key, record CID)`` in key order.
         """
-        get = self.get if held is None else (lambda cid: self.get(cid) or held(cid))
+        if held is None:
+            try:
+                return self._tree_blocks(commit, limits, self.get, leaves)
+            except MissingBlock as exc:
+                raise partial_tree(exc) from None
+        return self._tree_blocks(commit, limits, lambda cid: self.get(cid) or held(cid), leaves)
+
+    def _tree_blocks(
+        self,
+        commit: Commit,
+        limits: Limits,
+        get: Callable[[CID], bytes | None],
+        leaves: list[tuple[bytes, CID]] | None,
+    ) -> list[tuple[CID, bytes]]:
         kept = [(self.root, self.blocks[self.root.cid_bytes])]
         records: set[bytes] = set()
         for step in walk_tree(get, commit.data, limits=limits):
@@ -79,12 +92,26 @@ class LoadedCar:
                 continue
             data = get(step.cid)
             if data is None:
-                raise MissingBlock(f"record {step.cid.encode()} for {shown(step.key)} is not in the CAR", step.cid)
+                raise MissingBlock(f"record {step.cid.encode()} for {_path(step.key)} is not in the CAR", step.cid)
             check_record(step.cid, step.key, data, limits)
             records.add(raw)
             if raw in self.blocks:
                 kept.append((step.cid, data))
         return kept
+
+
+def _path(key: bytes | None) -> str:
+    return shown((key or b"").decode("utf-8", "replace"))
+
+
+def partial_tree(exc: MissingBlock) -> PartialTree:
+    """The error for a block absent from a CAR read as a whole repository."""
+    return PartialTree(
+        f"the CAR holds a partial tree: {exc}. That is what a proof CAR (getRecord) or a diff CAR "
+        "(getRepo?since=, a firehose message) looks like: check those with verify_proof, apply_car or "
+        "verify_commit_message; reading a whole repository needs a full repository CAR",
+        exc.cid,
+    )
 
 
 def check_record(cid: CID, key: bytes | None, data: bytes, limits: Limits) -> None:

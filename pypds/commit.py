@@ -1,10 +1,20 @@
-"""Signed repository commits (repo format version 3).
+"""Signed repository commits: format version 3, and version 2 read-only.
 
-A commit is the DAG-CBOR map ``{"did", "version": 3, "data": <MST root>,
-"rev": <TID>, "prev": null, "sig": <64 bytes>}``. The signature covers the
-canonical encoding of the same map without ``sig``: sha256 of those bytes,
-ECDSA, low-S, raw ``r || s``. The commit's CID is the dag-cbor CID of the
-signed encoding.
+A version 3 commit is the DAG-CBOR map ``{"did", "version": 3, "data":
+<MST root>, "rev": <TID>, "prev": null, "sig": <64 bytes>}``. The signature
+covers the canonical encoding of the same map without ``sig``: sha256 of
+those bytes, ECDSA, low-S, raw ``r || s``. The commit's CID is the dag-cbor
+CID of the signed encoding.
+
+Version 2 (repositories written before the network moved to version 3) is
+``{"did", "version": 2, "data", "prev", "sig"}``: no ``rev``, ``prev`` the
+previous commit or null. Signing, the CID and the MST are the same. pypds
+reads and verifies version 2 and writes only version 3. A version 2
+signature may be high-S (written before the low-S rule): it is accepted for
+version 2 only, and :attr:`Commit.high_s` says so.
+
+Traps: ``Commit.rev`` is None for version 2, so code that orders commits by
+rev must treat a missing rev as older than every rev (:func:`rev_key`).
 """
 
 from __future__ import annotations
@@ -15,22 +25,27 @@ import cbrrr
 
 from .cid import CID, cid_for_cbor, is_dag_cbor
 from .errors import BadSignature, InvalidCommit, shown
-from .keys import PublicKey, SigningKey
+from .keys import PublicKey, SigningKey, is_high_s
 from .syntax import is_valid_did, is_valid_tid
 
-__all__ = ["Commit", "sign_commit", "decode_commit"]
+__all__ = ["Commit", "READ_VERSIONS", "sign_commit", "decode_commit", "rev_key"]
 
-_REQUIRED = {"did", "version", "data", "rev", "sig"}
-_ALLOWED = _REQUIRED | {"prev"}
+#: Repository format versions pypds reads (it writes only version 3).
+READ_VERSIONS = (2, 3)
+_REQUIRED = {
+    2: {"did", "version", "data", "sig"},
+    3: {"did", "version", "data", "rev", "sig"},
+}
+_ALLOWED = {version: fields | {"prev"} for version, fields in _REQUIRED.items()}
 
 
 @dataclass(frozen=True)
 class Commit:
-    """A decoded v3 commit."""
+    """A decoded commit (format version 3, or version 2 without a rev)."""
 
     did: str
     data: CID
-    rev: str
+    rev: str | None  # None only for version 2
     sig: bytes
     prev: CID | None = None
     version: int = 3
@@ -39,7 +54,9 @@ class Commit:
 
     def unsigned(self) -> dict:
         """The commit map without ``sig``: what the signature covers."""
-        fields = {"did": self.did, "version": self.version, "data": self.data, "rev": self.rev}
+        fields: dict = {"did": self.did, "version": self.version, "data": self.data}
+        if self.rev is not None:
+            fields["rev"] = self.rev
         if self.has_prev:
             fields["prev"] = self.prev
         return fields
@@ -48,10 +65,34 @@ class Commit:
         """Canonical DAG-CBOR of the signed commit."""
         return cbrrr.encode_dag_cbor({**self.unsigned(), "sig": self.sig})
 
+    @property
+    def label(self) -> str:
+        """``rev <TID>`` or ``version 2`` (no rev), for messages."""
+        return f"rev {self.rev}" if self.rev is not None else "version 2"
+
     def verify(self, key: PublicKey) -> None:
-        """Raise BadSignature unless ``sig`` is a valid signature by ``key``."""
-        if not key.verify(cbrrr.encode_dag_cbor(self.unsigned()), self.sig):
-            raise BadSignature(f"commit rev {self.rev} of {self.did}: signature does not verify against {key.did_key}")
+        """Raise BadSignature unless ``sig`` is a valid signature by ``key``.
+
+        Version 3 needs a low-S signature; version 2 also accepts a high-S one.
+        """
+        unsigned = cbrrr.encode_dag_cbor(self.unsigned())
+        if key.verify(unsigned, self.sig):
+            return
+        what = f"commit {self.label} of {self.did}"
+        if self.high_s(key) and key.verify(unsigned, self.sig, allow_high_s=True):
+            if self.version == 2:
+                return
+            raise BadSignature(f"{what}: high-S signature, which version 3 commits must not carry")
+        raise BadSignature(f"{what}: signature does not verify against {key.did_key}")
+
+    def high_s(self, key: PublicKey) -> bool:
+        """Whether the signature is high-S (valid only on a version 2 commit)."""
+        return is_high_s(self.sig, key.curve)
+
+
+def rev_key(rev: str | None) -> str:
+    """A sort key for revs where a missing rev (version 2) comes before every rev."""
+    return "" if rev is None else rev
 
 
 def sign_commit(did: str, data: CID, rev: str, key: SigningKey) -> tuple[Commit, bytes, CID]:
@@ -64,7 +105,7 @@ def sign_commit(did: str, data: CID, rev: str, key: SigningKey) -> tuple[Commit,
 
 
 def decode_commit(block: bytes, cid: CID | None = None) -> Commit:
-    """Decode and structurally check a commit block (v3 field set and types)."""
+    """Decode and structurally check a commit block (version 3, or version 2)."""
     where = f"commit {cid.encode()}" if cid is not None else "commit"
     try:
         obj = cbrrr.decode_dag_cbor(block)
@@ -72,25 +113,27 @@ def decode_commit(block: bytes, cid: CID | None = None) -> Commit:
         raise InvalidCommit(f"{where}: invalid DAG-CBOR: {exc}") from None
     if type(obj) is not dict:
         raise InvalidCommit(f"{where}: not a map")
-    missing = _REQUIRED - obj.keys()
+    version = obj.get("version")
+    if type(version) is not int or version not in READ_VERSIONS:
+        raise InvalidCommit(
+            f"{where}: unsupported repository format version {shown(version)} (pypds reads versions 2 and 3)"
+        )
+    missing = _REQUIRED[version] - obj.keys()
     if missing:
-        raise InvalidCommit(f"{where}: missing field(s) {sorted(missing)}")
-    extra = obj.keys() - _ALLOWED
+        raise InvalidCommit(f"{where}: missing field(s) {sorted(missing)} for a version {version} commit")
+    extra = obj.keys() - _ALLOWED[version]
     if extra:
-        raise InvalidCommit(f"{where}: unexpected field(s) {sorted(extra)}")
-    version = obj["version"]
-    if type(version) is not int or version != 3:
-        raise InvalidCommit(f"{where}: unsupported version {shown(version)} (expected 3)")
-    did, data, rev, sig = obj["did"], obj["data"], obj["rev"], obj["sig"]
+        raise InvalidCommit(f"{where}: unexpected field(s) {sorted(extra)} for a version {version} commit")
+    did, data, rev, sig = obj["did"], obj["data"], obj.get("rev"), obj["sig"]
     prev = obj.get("prev")
     if not is_valid_did(did):
         raise InvalidCommit(f"{where}: invalid did {shown(did)}")
     if type(data) is not CID or not is_dag_cbor(data):
         raise InvalidCommit(f"{where}: 'data' is not a dag-cbor sha2-256 CID")
-    if not is_valid_tid(rev):
+    if version == 3 and not is_valid_tid(rev):
         raise InvalidCommit(f"{where}: rev {shown(rev)} is not a TID")
     if prev is not None and type(prev) is not CID:
         raise InvalidCommit(f"{where}: 'prev' is neither null nor a CID")
     if type(sig) is not bytes:
         raise InvalidCommit(f"{where}: 'sig' is not bytes")
-    return Commit(did=did, data=data, rev=rev, sig=sig, prev=prev, has_prev="prev" in obj)
+    return Commit(did=did, data=data, rev=rev, sig=sig, prev=prev, version=version, has_prev="prev" in obj)

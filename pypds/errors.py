@@ -16,6 +16,7 @@ key or byte offset at fault.
     │   ├── CarFormatError      CAR framing or header
     │   ├── BlockHashMismatch   a block's bytes do not hash to its CID
     │   ├── MissingBlock        a block the structure needs is absent
+    │   │   └── PartialTree     a CAR holds only part of its tree (a proof or diff CAR)
     │   ├── InvalidCid          unsupported or malformed CID
     │   ├── InvalidCbor         bytes are not canonical DAG-CBOR
     │   ├── InvalidMst          MST structure rules violated
@@ -104,6 +105,15 @@ class MissingBlock(IntegrityError):
     def __init__(self, message: str, cid: object = None) -> None:
         super().__init__(message)
         self.cid = cid
+
+
+class PartialTree(MissingBlock):
+    """A CAR read as a whole repository holds only part of its commit's tree.
+
+    That is what a proof CAR (``getRecord``) or a diff CAR (``getRepo?since=``,
+    a firehose message) looks like; they are read with ``verify_proof``,
+    ``apply_car`` and ``verify_commit_message`` instead.
+    """
 
 
 class InvalidCid(IntegrityError, ValueError):

@@ -37,6 +37,7 @@ __all__ = [
     "load_signing_key",
     "parse_did_key",
     "load_public_key",
+    "is_high_s",
 ]
 
 K256_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
@@ -69,13 +70,18 @@ class PublicKey:
         """The ``did:key:z...`` form of this key."""
         return "did:key:" + multibase.encode(self._prefix + self.compressed, "base58btc")
 
-    def verify(self, data: bytes, signature: bytes) -> bool:
-        """True if ``signature`` is a 64-byte low-S ECDSA signature of sha256(data)."""
+    def verify(self, data: bytes, signature: bytes, *, allow_high_s: bool = False) -> bool:
+        """True if ``signature`` is a 64-byte low-S ECDSA signature of sha256(data).
+
+        ``allow_high_s`` also accepts ``s`` in the upper half of the curve
+        order: only for commits written before the low-S rule (version 2).
+        """
         if len(signature) != 64:
             return False
         r = int.from_bytes(signature[:32], "big")
         s = int.from_bytes(signature[32:], "big")
-        if not (0 < r < self._order and 0 < s <= self._order // 2):
+        top = self._order - 1 if allow_high_s else self._order // 2
+        if not (0 < r < self._order and 0 < s <= top):
             return False
         digest = hashlib.sha256(data).digest()
         try:
@@ -222,6 +228,12 @@ def load_signing_key(value: KeyInput, curve: str = "k256") -> SigningKey:
     if curve == "p256":
         return P256SigningKey(bytes(value))
     raise InvalidSigningKey(f"unsupported curve {shown(curve)}")
+
+
+def is_high_s(signature: bytes, curve: str) -> bool:
+    """Whether a 64-byte signature's ``s`` is in the upper half of ``curve``'s order."""
+    order = _CURVES[curve][1]
+    return len(signature) == 64 and int.from_bytes(signature[32:], "big") > order // 2
 
 
 def parse_did_key(did_key: str) -> PublicKey:

@@ -29,7 +29,7 @@ from .blockstore import BlockStore
 from .car import CarSource, CarWriter, write_car_file
 from .car_import import LoadedCar
 from .cid import CID, parse_cid
-from .commit import Commit, decode_commit, sign_commit
+from .commit import Commit, decode_commit, rev_key, sign_commit
 from .errors import (
     DidMismatch,
     InvalidCommit,
@@ -274,10 +274,10 @@ class Repo:
 
     @property
     @_public
-    def rev(self) -> str:
-        """The rev (TID) of the current commit."""
+    def rev(self) -> str | None:
+        """The rev (TID) of the current commit; None when HEAD is a version 2 commit (no rev)."""
         self._refresh()
-        return self._rev
+        return self._rev or None
 
     @_public
     def commit(self, cid: CID | str | None = None) -> Commit:
@@ -298,7 +298,7 @@ class Repo:
                 (c.path.encode(), None if c.new is None else c.new.cid_bytes)
                 for c in diff_trees(self._cache, self._root, commit.data)
             ]
-            store.set_head(cid, commit.rev)
+            store.set_head(cid, rev_key(commit.rev))
             self._update_index(cid, commit.data, changes)
         self._refresh(force=True)
 
@@ -550,17 +550,19 @@ class Repo:
         self._refresh()
         cid = self._head if commit is None else self._resolve(commit)
         store = self._store_or_raise()
+        new = self._load_commit(cid)
+        if new.rev is None:
+            raise NotFound(f"commit {cid.encode()} is a version 2 commit: it has no rev, and a #commit event needs one")
         history = store.commit_history(cid)
         if history is None:
             raise NotFound(f"commit {cid.encode()} was not made here: its predecessor is unknown")
-        new = self._load_commit(cid)
         prev = None if history[1] is None else self._load_commit(history[1])
         old_root: Link = empty_node() if prev is None else prev.data
         changes = list(diff_trees(self._cache, old_root, new.data))
         blocks = io.BytesIO()
         writer = CarWriter(blocks, [cid])
         written: set[bytes] = set()
-        for block_cid, data in self._car_blocks(cid, None if prev is None else prev.rev):
+        for block_cid, data in self._car_blocks(cid, None if prev is None else rev_key(prev.rev)):
             written.add(block_cid.cid_bytes)
             writer.write_block(block_cid, data)
         proof = covering_proof(self._cache, new.data, [change.path.encode() for change in changes])
@@ -647,19 +649,21 @@ class Repo:
     # -- verification ----------------------------------------------------------
 
     @_public
-    def verify(self, *, key: PublicKey | SigningKey | str | None = None) -> VerifyReport:
+    def verify(self, *, key: PublicKey | SigningKey | str | None = None, did: str | None = None) -> VerifyReport:
         """Verify HEAD as ``import_car`` would verify a CAR, re-hashing every block read.
 
-        Checks the commit (v3 structure, this repo's DID), the signature when
-        ``key`` is given, the whole MST, completeness, repo paths, every
-        record, and every blob file. Returns a report; never raises for bad data.
+        Checks the commit (version 3 or 2 structure, the DID: ``did`` if
+        given, else this repo's), the signature when ``key`` is given, the
+        whole MST, completeness, repo paths, every record, the paths index
+        and every blob file. Returns a report; never raises for bad data.
         """
         self._refresh()
         store = self._store_or_raise()
         report = VerifyReport()
+        expected = self._did if did is None else did
         with store.snapshot():
             head = CID(store.get_meta("head"))  # type: ignore[arg-type]
-            verify_tree(store.get_block, head, report, did=self._did, key=key, limits=self._limits, rehash=True)
+            verify_tree(store.get_block, head, report, did=expected, key=key, limits=self._limits, rehash=True)
             tree = [] if not report.ok else iter_range(self._cache, self._load_commit(head).data)
             check_index(report, store.index_all(), tree)
         check_blob_files(report, self._blobs.root)
@@ -703,9 +707,9 @@ class Repo:
         with store.transaction():
             self._refresh()
             commit = loaded.commit()
-            if commit.rev <= self._rev:
+            if rev_key(commit.rev) <= self._rev:
                 raise InvalidCommit(
-                    f"CAR commit {loaded.root.encode()} has rev {commit.rev}, not newer than HEAD's {self._rev}"
+                    f"CAR commit {loaded.root.encode()} ({commit.label}) is not newer than HEAD's {self._head_label()}"
                 )
             count = self._import_loaded(loaded, key, held=store.get_block, prev=self._head)
         self._refresh(force=True)
@@ -797,8 +801,10 @@ class Repo:
         return store
 
     def _set_state(self, head: CID, rev: str, root: Node, height: int) -> None:
+        """Adopt HEAD's state; ``rev`` is "" for a version 2 commit."""
         self._head, self._rev, self._root, self._height = head, rev, root, height
-        self._clock.observe(rev)
+        if rev:
+            self._clock.observe(rev)
 
     def _refresh(self, force: bool = False) -> None:
         """Reload HEAD if another connection moved it since we last looked."""
@@ -811,11 +817,14 @@ class Repo:
             commit = self._load_commit(head)
             root = self._cache.load_node(commit.data)
             height = key_height(root.keys[0]) if root.keys else 0
-            self._set_state(head, commit.rev, root, height)
+            self._set_state(head, rev_key(commit.rev), root, height)
         last = store.get_meta("last_rev")
         if last:
             self._clock.observe(str(last))
         self._seen_version = version
+
+    def _head_label(self) -> str:
+        return f"rev {self._rev}" if self._rev else "version 2 commit (no rev)"
 
     def _root_cid(self) -> CID:
         return self._root.cid
@@ -931,11 +940,12 @@ class Repo:
         leaves: list[tuple[bytes, CID]] = []
         kept = loaded.tree_blocks(commit, self._limits, held, leaves)
         store = self._store_or_raise()
-        store.put_blocks(kept, commit.rev)
-        store.set_head(loaded.root, commit.rev)
+        rev = rev_key(commit.rev)  # a version 2 commit's blocks get "", older than every rev
+        store.put_blocks(kept, rev)
+        store.set_head(loaded.root, rev)
         store.index_replace(loaded.root, leaves)
         if prev is not None:  # a full import's predecessor is unknown: no #commit event for it
-            store.record_commit(loaded.root, commit.rev, prev)
+            store.record_commit(loaded.root, rev, prev)
         return len(kept)
 
     def _car_blocks(self, commit_cid: CID, since: str | None = None) -> Iterator[tuple[CID, bytes]]:
@@ -945,6 +955,8 @@ class Repo:
             raise MissingBlock(f"commit {commit_cid.encode()} is not stored", commit_cid)
         commit = decode_commit(commit_block, commit_cid)
         yield commit_cid, commit_block
+        if commit.rev is None:
+            since = None  # nothing is known to be older than a version 2 commit: write it all
         written: set[bytes] = set()
         # A block first stored at or before ``since`` was stored with all the
         # blocks below it, so a copy at ``since`` has that whole subtree.

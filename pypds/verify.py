@@ -4,8 +4,12 @@
 ``import_car`` runs and return a :class:`VerifyReport` listing each check
 with its outcome instead of raising at the first failure. Checks run in
 dependency order; when one fails, the checks that depend on it are reported
-as ``not run``. Checks that need an input that was not given (a DID, a key)
-are ``skipped`` and do not make the report fail.
+as ``not run``: after the first failure every later check is ``not run``, in
+order. Checks that need an input that was not given (a DID, a key) are
+``skipped`` and do not make the report fail.
+
+Version 2 commits (no rev) are verified like version 3; a high-S signature
+is accepted on a version 2 commit only, and the ``signature`` check says so.
 """
 
 from __future__ import annotations
@@ -18,11 +22,10 @@ from itertools import zip_longest
 from pathlib import Path
 
 from .car import CarSource
-from .car_import import LoadedCar, check_record
+from .car_import import LoadedCar, check_record, partial_tree
 from .cid import CID
 from .commit import Commit, decode_commit
 from .errors import (
-    BadSignature,
     BlockHashMismatch,
     CarFormatError,
     InvalidCid,
@@ -56,9 +59,9 @@ CHECKS: dict[str, str] = {
     "car-framing": "CAR v1 framing and header; first root is a dag-cbor CID; lengths within limits",
     "block-hashes": "every block's bytes hash (sha2-256) to its CID",
     "cid-form": "every CID is CIDv1 sha2-256, dag-cbor (commit, MST, records) or raw",
-    "commit": "the root is a v3 commit: field set, types, TID rev",
+    "commit": "the root is a version 3 commit (field set, types, TID rev), or a version 2 one (no rev)",
     "did": "the commit's DID is the expected DID",
-    "signature": "64-byte low-S ECDSA signature by the expected key (secp256k1 or P-256)",
+    "signature": "64-byte ECDSA signature by the expected key (secp256k1 or P-256), low-S (version 2: either)",
     "mst": "MST canonical: sorted unique keys, right layers, ranges, maximal compression, pruning, no shared nodes",
     "completeness": "every MST node and record the tree reaches is present",
     "repo-paths": "every key is <NSID>/<record key>, never . or ..",
@@ -88,7 +91,8 @@ class VerifyReport:
     checks: list[Check] = field(default_factory=list)
     commit: CID | None = None
     did: str | None = None
-    rev: str | None = None
+    rev: str | None = None  # None for a version 2 commit
+    version: int | None = None
     blocks: int = 0
     nodes: int = 0
     records: int = 0
@@ -117,11 +121,24 @@ class VerifyReport:
         self.checks.append(Check(name, outcome, detail))
 
     def _stop(self, failed: str, exc: Exception, remaining: list[str]) -> VerifyReport:
-        self._set(failed, Outcome.FAILED, f"{type(exc).__name__}: {exc}")
+        """Record ``failed`` and mark the rest of ``remaining`` (in its order) as not run.
+
+        ``remaining`` lists the checks without a verdict yet, in report order;
+        checks that ran together with the failed one (the tree walk checks
+        several rules at once) have no verdict of their own and are not run.
+        """
+        if failed not in remaining:
+            remaining = [failed, *remaining]
         for name in remaining:
-            if name != failed:
+            if name == failed:
+                self._set(name, Outcome.FAILED, f"{type(exc).__name__}: {exc}")
+            else:
                 self._set(name, Outcome.NOT_RUN)
         return self
+
+    def _not_run(self, names: list[str]) -> None:
+        for name in names:
+            self._set(name, Outcome.NOT_RUN)
 
 
 _READ_FAILURES: list[tuple[type[Exception], str]] = [
@@ -154,7 +171,7 @@ def verify_car(
     report._set("car-framing", Outcome.PASSED, f"root {loaded.root.encode()}")
     report._set("block-hashes", Outcome.PASSED, f"{len(loaded.blocks)} blocks")
     report._set("cid-form", Outcome.PASSED)
-    return verify_tree(loaded.get, loaded.root, report, did=did, key=key, limits=limits)
+    return verify_tree(loaded.get, loaded.root, report, did=did, key=key, limits=limits, whole_car=True)
 
 
 def verify_tree(
@@ -166,12 +183,14 @@ def verify_tree(
     key: PublicKey | SigningKey | str | None,
     limits: Limits,
     rehash: bool = False,
+    whole_car: bool = False,
 ) -> VerifyReport:
     """Run the commit, DID, signature and tree checks, appending to ``report``.
 
     With ``rehash``, every block is hashed again as it is read (for blocks
     from a store rather than a freshly verified CAR) and a ``block-hashes``
-    check reports the result.
+    check reports the result. With ``whole_car``, the blocks are a CAR's, and
+    an absent tree block is reported as a partial tree (a proof or diff CAR).
     """
     if rehash:
         get_block = _rehashing(get_block)
@@ -187,11 +206,15 @@ def verify_tree(
         return report._stop("block-hashes", exc, remaining)
     except PypdsError as exc:
         return report._stop("commit", exc, remaining)
-    report.did, report.rev = commit.did, commit.rev
-    report._set("commit", Outcome.PASSED, f"rev {commit.rev}, data {commit.data.encode()}")
-    _check_did(report, commit, did)
-    _check_signature(report, commit, key)
-    _check_tree(report, get_block, commit, limits, tree_checks)
+    report.did, report.rev, report.version = commit.did, commit.rev, commit.version
+    version = f"version 3, rev {commit.rev}" if commit.rev is not None else "version 2 (no rev)"
+    report._set("commit", Outcome.PASSED, f"{version}, data {commit.data.encode()}")
+    if not _check_did(report, commit, did):
+        report._not_run(["signature", *tree_checks])
+    elif not _check_signature(report, commit, key):
+        report._not_run(tree_checks)
+    else:
+        _check_tree(report, get_block, commit, limits, tree_checks, whole_car)
     return report
 
 
@@ -205,29 +228,37 @@ def _rehashing(get_block: GetBlock) -> GetBlock:
     return get
 
 
-def _check_did(report: VerifyReport, commit: Commit, did: str | None) -> None:
+def _check_did(report: VerifyReport, commit: Commit, did: str | None) -> bool:
+    """Append the ``did`` check; False if it failed."""
     if did is None:
         report._set("did", Outcome.SKIPPED, f"no DID given (commit is for {commit.did})")
     elif commit.did != did:
         report._set("did", Outcome.FAILED, f"DidMismatch: commit is for {commit.did}, expected {did}")
+        return False
     else:
         report._set("did", Outcome.PASSED, did)
+    return True
 
 
-def _check_signature(report: VerifyReport, commit: Commit, key: PublicKey | SigningKey | str | None) -> None:
+def _check_signature(report: VerifyReport, commit: Commit, key: PublicKey | SigningKey | str | None) -> bool:
+    """Append the ``signature`` check; False if it failed."""
     if key is None:
         report._set("signature", Outcome.SKIPPED, "no key given")
-        return
+        return True
     try:
         public = load_public_key(key)
         commit.verify(public)
-    except (BadSignature, PypdsError) as exc:
+    except PypdsError as exc:
         report._set("signature", Outcome.FAILED, f"{type(exc).__name__}: {exc}")
-        return
-    report._set("signature", Outcome.PASSED, public.did_key)
+        return False
+    high_s = " (high-S: accepted for version 2 commits only)" if commit.high_s(public) else ""
+    report._set("signature", Outcome.PASSED, public.did_key + high_s)
+    return True
 
 
-def _check_tree(report: VerifyReport, get_block: GetBlock, commit: Commit, limits: Limits, checks: list[str]) -> None:
+def _check_tree(
+    report: VerifyReport, get_block: GetBlock, commit: Commit, limits: Limits, checks: list[str], whole_car: bool
+) -> None:
     stats = TreeWalk()
     seen_records: set[bytes] = set()
     steps = walk_tree(get_block, commit.data, limits=limits, stats=stats)
@@ -235,7 +266,7 @@ def _check_tree(report: VerifyReport, get_block: GetBlock, commit: Commit, limit
         try:
             step = next(steps, None)
         except PypdsError as exc:
-            report._stop(_tree_failure(exc), exc, checks)
+            report._stop(_tree_failure(exc), _partial(exc) if whole_car else exc, checks)
             return
         if step is None:
             break
@@ -247,7 +278,7 @@ def _check_tree(report: VerifyReport, get_block: GetBlock, commit: Commit, limit
             if data is None:
                 raise MissingBlock(f"record {step.cid.encode()} for {shown(step.key)} is missing", step.cid)
         except PypdsError as exc:
-            report._stop(_tree_failure(exc), exc, checks)
+            report._stop(_tree_failure(exc), _partial(exc) if whole_car else exc, checks)
             return
         try:
             check_record(step.cid, step.key, data, limits)
@@ -261,6 +292,10 @@ def _check_tree(report: VerifyReport, get_block: GetBlock, commit: Commit, limit
     report._set("completeness", Outcome.PASSED, f"{stats.nodes} nodes, {len(seen_records)} record blocks")
     report._set("repo-paths", Outcome.PASSED, f"{stats.records} keys")
     report._set("records", Outcome.PASSED, f"{len(seen_records)} records")
+
+
+def _partial(exc: PypdsError) -> PypdsError:
+    return partial_tree(exc) if isinstance(exc, MissingBlock) else exc
 
 
 def _tree_failure(exc: PypdsError) -> str:
@@ -298,6 +333,9 @@ def _index_difference(row: tuple[bytes, CID] | None, leaf: tuple[bytes, CID] | N
 
 def check_blob_files(report: VerifyReport, blobs_dir: Path) -> None:
     """Append the ``blob-files`` check: every blob file hashes to its name."""
+    if not report.ok:
+        report._set("blob-files", Outcome.NOT_RUN)
+        return
     count = 0
     if blobs_dir.is_dir():
         for path in sorted(blobs_dir.glob("*/*")):

@@ -370,7 +370,7 @@ def test_inspect_car_and_repo(capsys, car, alice):
     assert f"  {POST}" in out and "  mst nodes" in out
     repo_info = run_json(capsys, "inspect", alice, "--key", DID_KEY)
     assert repo_info["storedBlocks"] == stored and repo_info["refs"] == 1
-    assert repo_info["signature"] == {"status": "valid", "key": DID_KEY}
+    assert repo_info["signature"] == {"status": "valid", "key": DID_KEY, "highS": False}
 
 
 def test_inspect_reports_an_invalid_signature_with_status_1(capsys, car):
@@ -675,3 +675,48 @@ def test_progress_goes_to_stderr_only(capsys, monkeypatch, car, alice, tmp_path)
         assert code == 0 and json.loads(out)
     assert (tmp_path / "c.car").read_bytes() == car.read_bytes()
     assert _common.Progress.create(quiet=True).enabled is False
+
+
+# -- partial and misplaced input ------------------------------------------------------------
+
+
+@pytest.fixture
+def partial_cars(tmp_path):
+    """A proof CAR and a diff CAR of a repository big enough for a multi-level tree."""
+    with Repo.create(tmp_path / "big", DID) as repo:
+        with repo.batch() as batch:
+            for i in range(300):
+                batch.put(POST, f"k{i:04d}", post(i))
+        proof = tmp_path / "proof.car"
+        proof.write_bytes(repo.prove(POST, "k0003"))
+        since = repo.rev
+        repo.put(POST, "k9999", post(1))
+        diff = tmp_path / "diff.car"
+        diff.write_bytes(repo.export_car(since=since))
+    return proof, diff
+
+
+@pytest.mark.parametrize("command", ["ls", "inspect", "mst"])
+def test_a_proof_or_diff_car_is_named_as_a_partial_tree(capsys, partial_cars, command):
+    for car in partial_cars:
+        err = assert_error(capsys, 1, command, car)
+        assert "partial tree" in err and "proof CAR" in err and "diff CAR" in err
+        assert "missing MST node bafy" in err or "record bafy" in err  # which block is absent
+
+
+def test_verify_reports_a_partial_tree_as_the_completeness_failure(capsys, partial_cars):
+    for car in partial_cars:
+        code, out, _ = run(capsys, "verify", car)
+        assert code == 1
+        line = next(line for line in out.splitlines() if line.startswith("completeness"))
+        assert "failed" in line and "partial tree" in line
+        assert all("not run" in line for line in out.splitlines() if line.startswith(("repo-paths", "records")))
+
+
+@pytest.mark.parametrize("command", ["ls", "inspect", "verify", "get"])
+def test_the_database_file_instead_of_the_repository_directory_says_what_to_pass(capsys, tmp_path, command):
+    with Repo.create(tmp_path / "alice", DID):
+        pass
+    args = [POST, "k"] if command == "get" else []
+    err = assert_error(capsys, 2, command, tmp_path / "alice" / "pds.db", *args)
+    assert "pass the repository directory" in err and str(tmp_path / "alice") in err

@@ -305,7 +305,8 @@ STREAMS = sorted((REALWORLD / "indigo-relay-streams").glob("*.json"))
 def _stream_commits():
     for path in STREAMS:
         stream = load_json(path)
-        keys = {a["identity"]["did"]: a["identity"]["keys"]["atproto"]["publicKeyMultibase"] for a in stream["accounts"]}
+        identities = [account["identity"] for account in stream["accounts"]]
+        keys = {ident["did"]: ident["keys"]["atproto"]["publicKeyMultibase"] for ident in identities}
         for message in stream["messages"]:
             if message["frame"]["header"]["t"] == "#commit":
                 body = message["frame"]["body"]

@@ -36,6 +36,7 @@ from pypds import (
     LimitExceeded,
     Limits,
     MissingBlock,
+    PartialTree,
     PypdsError,
     Repo,
     RepoExists,
@@ -433,7 +434,7 @@ def test_from_car_takes_the_did_from_the_commit(src, tmp_path):
 def test_missing_record_block_is_missing_block(src, tmp_path):
     for index in (0, N_RECORDS - 1):
         record = list(src.records.values())[index]
-        errors = assert_rejected(make_car(src, drop=(record,)), MissingBlock, tmp_path / str(index))
+        errors = assert_rejected(make_car(src, drop=(record,)), PartialTree, tmp_path / str(index))
         assert all(e.cid == record for e in errors)
 
 
@@ -449,7 +450,7 @@ def _node_cids(src: Source) -> dict[str, CID]:
 @pytest.mark.parametrize("which", ["root", "inner", "leaf"])
 def test_missing_mst_node_is_missing_block(src, tmp_path, which):
     cid = _node_cids(src)[which]
-    errors = assert_rejected(make_car(src, drop=(cid,)), MissingBlock, tmp_path)
+    errors = assert_rejected(make_car(src, drop=(cid,)), PartialTree, tmp_path)
     assert all(e.cid == cid for e in errors)
 
 
@@ -477,7 +478,7 @@ def test_car_truncated_at_a_section_boundary_is_missing_block(src, tmp_path):
     ends = _section_ends(src.car)
     assert ends[-1] == len(src.car)
     for i, cut in enumerate([ends[0], ends[1], ends[len(ends) // 2], ends[-2]]):
-        assert_rejected(src.car[:cut], MissingBlock, tmp_path / str(i))
+        assert_rejected(src.car[:cut], (MissingBlock, PartialTree), tmp_path / str(i))
 
 
 def test_car_truncated_inside_a_section_is_car_format_error(src, tmp_path):

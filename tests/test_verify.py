@@ -48,11 +48,35 @@ def test_valid_car_passes_and_skips_what_was_not_asked(filled):
     assert "result" in str(report) and "OK" in str(report)
 
 
-def test_wrong_key_fails_only_the_signature_check(filled):
+REPO_CHECKS = ["commit", "did", "signature", "block-hashes", "mst", "completeness", "repo-paths", "records"]
+REPO_CHECKS += ["index", "blob-files"]
+
+
+def test_checks_after_the_first_failure_are_not_run_in_report_order(filled):
     report = filled.verify(key=generate_signing_key().did_key)
     assert not report.ok
     assert [c.name for c in report.failures] == ["signature"]
-    assert report["records"].outcome is Outcome.PASSED
+    after = [c for c in report.checks[[c.name for c in report.checks].index("signature") + 1 :]]
+    assert after and all(c.outcome is Outcome.NOT_RUN for c in after)
+    assert [c.name for c in report.checks] == REPO_CHECKS
+
+    report = filled.verify(did="did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", key=filled.did_key)
+    assert [(c.name, c.outcome) for c in report.checks][:4] == [
+        ("commit", Outcome.PASSED),
+        ("did", Outcome.FAILED),
+        ("signature", Outcome.NOT_RUN),
+        ("block-hashes", Outcome.NOT_RUN),
+    ]
+
+
+def test_a_tree_failure_keeps_the_report_order(filled):
+    conn = filled._store.conn
+    conn.execute("DELETE FROM blocks WHERE cid = ?", (filled.find_cid(POST, "r007").cid_bytes,))
+    report = filled.verify()
+    assert [c.name for c in report.checks] == REPO_CHECKS
+    assert [c.name for c in report.failures] == ["completeness"]
+    failed = [c.name for c in report.checks].index("completeness")
+    assert all(c.outcome is not Outcome.PASSED for c in report.checks[failed:])
 
 
 def _corrupt_block(repo, cid):

@@ -152,6 +152,14 @@ class Source:
     car_bytes: int | None = None  # bytes read from the CAR
 
 
+def rev_text(rev: str | None) -> str:
+    """A commit's rev for display; a version 2 commit has none."""
+    return "none (version 2 commit)" if rev is None else rev
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
 @contextmanager
 def open_input(name: str) -> Iterator[tuple[BinaryIO, int | None]]:
     """A binary input stream for a file name or ``-`` (stdin), and its size when known."""
@@ -164,6 +172,9 @@ def open_input(name: str) -> Iterator[tuple[BinaryIO, int | None]]:
     if not path.exists():
         raise InputError(f"{name}: no such file or directory")
     with open(path, "rb") as stream:
+        if stream.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC:
+            raise InputError(f"{name} is a SQLite database, not a CAR: pass the repository directory ({path.parent})")
+        stream.seek(0)
         yield stream, os.fstat(stream.fileno()).st_size
 
 

@@ -17,7 +17,7 @@ from ..errors import BadSignature, MissingBlock, RecordNotFound
 from ..keys import PublicKey
 from ..mst import Node, RecordChange, TreeWalk, decode_node, diff_trees, key_height, walk_tree
 from ..repo import Repo
-from ..verify import Outcome, VerifyReport, verify_car
+from ..verify import VerifyReport, verify_car
 from ._common import (
     DID_TYPE,
     DIDKEY_TYPE,
@@ -207,7 +207,7 @@ def _inspect(source: Source, key: PublicKey | None) -> dict:
     else:
         try:
             commit.verify(key)
-            signature = {"status": "valid", "key": key.did_key}
+            signature = {"status": "valid", "key": key.did_key, "highS": commit.high_s(key)}
         except BadSignature:
             signature = {"status": "invalid", "key": key.did_key}
     stats = tree_stats(repo, commit.data)
@@ -257,9 +257,11 @@ def _file_size(path: Path) -> int:
 
 def _print_inspect(info: dict) -> None:
     sig = info["signature"]
-    status = {"valid": f"valid ({sig['key']})", "invalid": f"INVALID (not signed by {sig['key']})"}.get(
+    high_s = ", high-S: accepted for version 2 commits only" if sig.get("highS") else ""
+    status = {"valid": f"valid ({sig['key']}{high_s})", "invalid": f"INVALID (not signed by {sig['key']})"}.get(
         sig["status"], "not checked (no --key)"
     )
+    version = "3" if info["version"] == 3 else "2 (no rev; a write here makes a version 3 commit)"
     blocks = info["blocks"]
 
     def count(part: dict) -> tuple[str, str]:
@@ -274,7 +276,8 @@ def _print_inspect(info: dict) -> None:
         ("source", source),
         ("did", info["did"]),
         ("commit", info["commit"]),
-        ("rev", info["rev"]),
+        ("version", version),
+        ("rev", info["rev"] or "none (version 2 commit)"),
         ("mst root", f"{info['mstRoot']}  (layer {info['mstLayer']})"),
         ("signature", click.style(status, fg="red", bold=True) if sig["status"] == "invalid" else status),
     ]
@@ -574,9 +577,7 @@ def verify_cmd(src: str, did: str | None, key: PublicKey | None, as_json: bool, 
     progress = Progress.create(quiet)
     if src != "-" and Path(src).is_dir():
         with open_repo(src) as repo, progress.steps("verifying"):
-            report = repo.verify(key=key)
-            if did is not None and did != repo.did:
-                _fail_did(report, f"DidMismatch: repository is for {repo.did}, expected {did}")
+            report = repo.verify(key=key, did=did)
     else:
         with open_input(src) as (stream, size), progress.reading(stream, "verifying", size) as reader:
             report = verify_car(reader, did=did, key=key)
@@ -585,13 +586,6 @@ def verify_cmd(src: str, did: str | None, key: PublicKey | None, as_json: bool, 
     else:
         _print_report(src, report)
     return 0 if report.ok else 1
-
-
-def _fail_did(report: VerifyReport, detail: str) -> None:
-    for check in report.checks:
-        if check.name == "did" and check.outcome is Outcome.PASSED:
-            check.outcome = Outcome.FAILED
-            check.detail = detail
 
 
 def _report_json(src: str, report: VerifyReport) -> dict:
@@ -611,7 +605,7 @@ def _report_json(src: str, report: VerifyReport) -> dict:
 def _print_report(src: str, report: VerifyReport) -> None:
     colors = {"passed": "green", "failed": "red", "skipped": "yellow", "not run": "yellow"}
     header = [("source", src), ("commit", cid_str(report.commit) or "-"), ("did", report.did or "-")]
-    header.append(("rev", report.rev or "-"))
+    header.append(("rev", report.rev or ("none (version 2 commit)" if report.version == 2 else "-")))
     print_rows(header)
     echo()
     rows = [(c.name, c.outcome.value, c.detail) for c in report.checks]

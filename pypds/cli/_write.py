@@ -30,6 +30,7 @@ from ._common import (
     quiet_option,
     read_json_input,
     resolve_commit,
+    rev_text,
     signing_key_options,
 )
 
@@ -120,7 +121,7 @@ def import_cmd(path: str, car: str, key: PublicKey | None, as_json: bool, quiet:
     else:
         verb = "created" if created else "updated"
         echo(f"{verb} {path}: imported {blocks} blocks ({human_size(reader.count)}), did {did}")
-        echo(f"head {head.encode()}  rev {rev}  signature {info['signature']}")
+        echo(f"head {head.encode()}  rev {rev_text(rev)}  signature {info['signature']}")
 
 
 @click.command("export", short_help="Write a repository as a CAR.")
@@ -153,7 +154,8 @@ def export_cmd(path: str, output: str | None, commit_spec: str | None, as_json: 
     if as_json:
         emit_json(info)
     else:
-        echo(f"exported {commit.encode()} (rev {rev}) to {output}: {human_size(writer.count)}")
+        label = "version 2, no rev" if rev is None else f"rev {rev}"
+        echo(f"exported {commit.encode()} ({label}) to {output}: {human_size(writer.count)}")
 
 
 # -- records -------------------------------------------------------------------------
@@ -232,7 +234,7 @@ def ref_ls_cmd(path: str, as_json: bool) -> None:
     if as_json:
         emit_json([{"name": name, "commit": cid.encode(), "rev": rev} for name, cid, rev in refs])
     else:
-        print_rows([(name, cid.encode(), rev) for name, cid, rev in refs])
+        print_rows([(name, cid.encode(), rev_text(rev)) for name, cid, rev in refs])
 
 
 @ref_group.command("set", short_help="Point a ref at a commit.")
