@@ -1,15 +1,38 @@
-"""Reading and checking a full repository CAR before anything is stored.
+"""Reading and checking a repository CAR in one streaming pass.
 
-:class:`LoadedCar` reads a CAR into memory (every block hash-checked by the
-reader, bounded by :mod:`pypds.limits`), decodes its root commit, and walks
-the commit's MST from those blocks alone, checking every MST rule, that
-every node and record is present, and that every record is a valid atproto
-record. What it returns is exactly the set of blocks to store.
+:class:`StreamedCar` reads a CAR section by section (every block
+hash-checked by :class:`~pypds.car.CarReader`, bounded by
+:mod:`pypds.limits`) and hands blocks to the tree walk on demand: asking for
+a block reads forward until it arrives. A CAR in the stream-friendly order
+(each MST node before its children, records in key order: what pypds and
+newer exporters write) is therefore checked with almost nothing held. Blocks
+that arrive before they are asked for wait in a :class:`Spill`: in memory up
+to ``max_spill_memory_bytes``, then in a temporary SQLite file (in the
+system's temporary directory: ``TMPDIR``), so a CAR in any order is read
+with bounded memory. Blocks the tree never reaches are
+read, hash-checked and dropped, never stored.
+
+:meth:`StreamedCar.tree_blocks` walks the commit's MST checking every rule,
+that every node and record is present, and that every record is a valid
+atproto record, yielding what to store as it goes.
+
+Traps: a block can be handed out only once (the spill forgets it), which is
+right because the walk never asks twice: a node linked twice is an MST
+error, and a record CID used by several keys is remembered after its first
+use. A failed walk can leave unread sections behind; :meth:`finish` reads
+the rest of the CAR (framing, hashes, limits) once the walk succeeded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from operator import itemgetter
+from pathlib import Path
+from typing import NamedTuple
+
+import apsw
 
 from . import cbor
 from .car import CarReader, CarSource
@@ -17,87 +40,213 @@ from .cid import CID, is_dag_cbor
 from .commit import Commit, decode_commit
 from .errors import InvalidCbor, InvalidMst, InvalidRecord, LimitExceeded, MissingBlock, PartialTree, shown
 from .limits import Limits
-from .mst.verify import walk_tree
+from .mst.verify import TreeWalk, walk_tree
+
+__all__ = ["StreamedCar", "TreeBlock", "Spill", "check_record", "partial_tree"]
 
 
-class LoadedCar:
-    """A CAR read fully into memory, every block hash-checked."""
+class TreeBlock(NamedTuple):
+    """One step of :meth:`StreamedCar.tree_blocks`.
 
-    def __init__(self, root: CID, blocks: dict[bytes, bytes]) -> None:
-        self.root = root
-        self.blocks = blocks
+    ``data`` is set for a block to store (the commit, each node and each
+    record taken from the CAR, once); ``key`` for a record leaf, in key order.
+    """
 
-    @classmethod
-    def read(cls, source: CarSource, limits: Limits) -> LoadedCar:
-        blocks: dict[bytes, bytes] = {}
-        total = 0
-        with CarReader(source, limits=limits) as reader:
-            for cid, data in reader:
-                total += len(data)
-                if total > limits.max_import_bytes:
-                    raise LimitExceeded("max_import_bytes", total, limits.max_import_bytes)
-                blocks[cid.cid_bytes] = data
-                if len(blocks) > limits.max_import_blocks:
-                    raise LimitExceeded("max_import_blocks", len(blocks), limits.max_import_blocks)
-            return cls(reader.roots[0], blocks)
+    cid: CID
+    data: bytes | None
+    key: bytes | None
+
+
+class Spill:
+    """Blocks read ahead of the walk: a dict up to a memory budget, then a temporary SQLite file."""
+
+    def __init__(self, memory_budget: int) -> None:
+        self._budget = memory_budget
+        self._memory: dict[bytes, bytes] = {}
+        self._memory_bytes = 0
+        self._dir: Path | None = None
+        self._db: apsw.Connection | None = None
+
+    def put(self, cid: CID, data: bytes) -> None:
+        key = cid.cid_bytes
+        if key in self._memory:
+            return
+        self._memory[key] = data
+        self._memory_bytes += len(data)
+        if self._memory_bytes > self._budget:
+            self._flush()
+
+    def pop(self, cid: CID) -> bytes | None:
+        """The block, forgotten (blocks are handed out once); None if it is not here."""
+        data = self._memory.pop(cid.cid_bytes, None)
+        if data is not None:
+            self._memory_bytes -= len(data)
+            return data
+        if self._db is None:
+            return None
+        for (found,) in self._db.execute("SELECT data FROM spill WHERE cid = ?", (cid.cid_bytes,)):
+            return found
+        return None
+
+    def _flush(self) -> None:
+        db = self._db if self._db is not None else self._open()
+        rows = sorted(self._memory.items(), key=itemgetter(0))
+        with db:
+            db.executemany("INSERT OR IGNORE INTO spill (cid, data) VALUES (?, ?)", rows)
+        self._memory.clear()
+        self._memory_bytes = 0
+
+    def _open(self) -> apsw.Connection:
+        self._dir = Path(tempfile.mkdtemp(prefix="pypds-spill-"))
+        db = apsw.Connection(str(self._dir / "spill.db"))
+        db.execute("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF")
+        db.execute("CREATE TABLE spill (cid BLOB PRIMARY KEY, data BLOB NOT NULL)")
+        self._db = db
+        return db
+
+    @property
+    def on_disk(self) -> bool:
+        return self._db is not None
+
+    def close(self) -> None:
+        self._memory.clear()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+
+class StreamedCar:
+    """A CAR read forward on demand; use as a context manager.
+
+    ``blocks`` and ``bytes`` count the sections read so far (all of them
+    after :meth:`finish`); ``read_error`` is the framing, hash or limit error
+    the reader raised, if any, whoever caught it.
+    """
+
+    def __init__(self, source: CarSource, limits: Limits) -> None:
+        self._limits = limits
+        self._reader = CarReader(source, limits=limits)
+        self._sections = iter(self._reader)
+        self._spill = Spill(limits.max_spill_memory_bytes)
+        self.root: CID = self._reader.roots[0]
+        self.blocks = 0
+        self.bytes = 0
+        self.read_error: Exception | None = None
+        self._commit_block = b""
+
+    def __enter__(self) -> StreamedCar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._spill.close()
+        self._reader.close()
+
+    @property
+    def spilled_to_disk(self) -> bool:
+        """Whether blocks out of stream order outgrew the memory budget."""
+        return self._spill.on_disk
 
     def get(self, cid: CID) -> bytes | None:
-        return self.blocks.get(cid.cid_bytes)
+        """The block with this CID, reading forward as far as needed; None if the CAR lacks it."""
+        data = self._spill.pop(cid)
+        if data is not None:
+            return data
+        wanted = cid.cid_bytes
+        for found, block in self._read():
+            if found.cid_bytes == wanted:
+                return block
+            self._spill.put(found, block)
+        return None
+
+    def finish(self) -> None:
+        """Read (and check) the rest of the CAR, dropping what the tree did not reach."""
+        for _found, _block in self._read():
+            pass
+
+    def _read(self) -> Iterator[tuple[CID, bytes]]:
+        limits = self._limits
+        try:
+            for found, block in self._sections:
+                self.blocks += 1
+                self.bytes += len(block)
+                if self.bytes > limits.max_import_bytes:
+                    raise LimitExceeded("max_import_bytes", self.bytes, limits.max_import_bytes)
+                if self.blocks > limits.max_import_blocks:
+                    raise LimitExceeded("max_import_blocks", self.blocks, limits.max_import_blocks)
+                yield found, block
+        except Exception as exc:
+            self.read_error = exc
+            raise
 
     def commit(self) -> Commit:
+        """The root commit (read first: in a well-formed CAR it is the first block)."""
         data = self.get(self.root)
         if data is None:
             raise MissingBlock(f"CAR root commit {self.root.encode()} is not in the CAR", self.root)
+        self._commit_block = data
         return decode_commit(data, self.root)
 
     def tree_blocks(
         self,
         commit: Commit,
-        limits: Limits,
         held: Callable[[CID], bytes | None] | None = None,
-        leaves: list[tuple[bytes, CID]] | None = None,
-    ) -> list[tuple[CID, bytes]]:
-        """Walk and check the commit's tree; the CAR's blocks it reaches, commit first.
+        stats: TreeWalk | None = None,
+    ) -> Iterator[TreeBlock]:
+        """Walk and check the commit's tree; yield what to store, commit first, and every leaf.
 
-        With ``held`` (the blocks a repository already has), the tree may be
-        completed from there: a diff CAR. Blocks found only in ``held`` are
-        checked like the rest but not returned. ``leaves``, if given,
-        receives every ``(key, record CID)`` in key order.
+        Call :meth:`commit` first. With ``held`` (the blocks a repository
+        already has), the tree may be completed from there: a diff CAR.
+        Blocks found in ``held`` are checked like the rest but not yielded
+        for storing. Without it, a block the CAR lacks raises
+        :class:`PartialTree`.
         """
-        if held is None:
-            try:
-                return self._tree_blocks(commit, limits, self.get, leaves)
-            except MissingBlock as exc:
-                raise partial_tree(exc) from None
-        return self._tree_blocks(commit, limits, lambda cid: self.get(cid) or held(cid), leaves)
+        yield TreeBlock(self.root, self._commit_block, None)
+        if held is not None:
+            yield from self._walk(commit, held, stats)
+            return
+        try:
+            yield from self._walk(commit, None, stats)
+        except MissingBlock as exc:
+            raise partial_tree(exc) from None
 
-    def _tree_blocks(
-        self,
-        commit: Commit,
-        limits: Limits,
-        get: Callable[[CID], bytes | None],
-        leaves: list[tuple[bytes, CID]] | None,
-    ) -> list[tuple[CID, bytes]]:
-        kept = [(self.root, self.blocks[self.root.cid_bytes])]
+    def _walk(
+        self, commit: Commit, held: Callable[[CID], bytes | None] | None, stats: TreeWalk | None
+    ) -> Iterator[TreeBlock]:
+        limits = self._limits
         records: set[bytes] = set()
-        for step in walk_tree(get, commit.data, limits=limits):
+        in_car = self.get
+
+        def get(cid: CID) -> tuple[bytes | None, bool]:
+            """The block and whether it came from the CAR (the repository's own copy is preferred)."""
+            data = held(cid) if held is not None else None
+            return (data, False) if data is not None else (in_car(cid), True)
+
+        node_from_car = [False]
+
+        def get_node(cid: CID) -> bytes | None:  # the walk yields each node right after loading it
+            data, node_from_car[0] = get(cid)
+            return data
+
+        for step in walk_tree(get_node, commit.data, limits=limits, stats=stats):
             raw = step.cid.cid_bytes
             if step.node is not None:
-                if raw in self.blocks:
-                    kept.append((step.cid, step.node.data))
+                yield TreeBlock(step.cid, step.node.data if node_from_car[0] else None, None)
                 continue
-            if leaves is not None:
-                leaves.append((step.key, step.cid))  # type: ignore[arg-type]
             if raw in records:
+                yield TreeBlock(step.cid, None, step.key)
                 continue
-            data = get(step.cid)
+            data, fresh = get(step.cid)
             if data is None:
                 raise MissingBlock(f"record {step.cid.encode()} for {_path(step.key)} is not in the CAR", step.cid)
             check_record(step.cid, step.key, data, limits)
             records.add(raw)
-            if raw in self.blocks:
-                kept.append((step.cid, data))
-        return kept
+            yield TreeBlock(step.cid, data if fresh else None, step.key)
 
 
 def _path(key: bytes | None) -> str:

@@ -27,8 +27,11 @@ MAX_MST_DEPTH = 128
 MAX_CBOR_DEPTH = 128
 #: Most blocks accepted from one CAR import.
 MAX_IMPORT_BLOCKS = 20_000_000
-#: Most bytes of block data held in memory by one CAR import.
+#: Most bytes of block data read from one CAR import (or verification).
 MAX_IMPORT_BYTES = 8 << 30
+#: Most bytes of blocks that arrive before the tree walk asks for them held
+#: in memory by one import; beyond it they wait in a temporary file.
+MAX_SPILL_MEMORY_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class Limits:
     max_cbor_depth: int = MAX_CBOR_DEPTH
     max_import_blocks: int = MAX_IMPORT_BLOCKS
     max_import_bytes: int = MAX_IMPORT_BYTES
+    max_spill_memory_bytes: int = MAX_SPILL_MEMORY_BYTES
 
 
 DEFAULT_LIMITS = Limits()

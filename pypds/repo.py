@@ -27,7 +27,7 @@ from .batch import Batch, WriteOp
 from .blobs import BlobRef, BlobStore, blob_refs
 from .blockstore import BlockStore
 from .car import CarSource, CarWriter, write_car_file
-from .car_import import LoadedCar
+from .car_import import StreamedCar
 from .cid import CID, parse_cid
 from .commit import Commit, decode_commit, rev_key, sign_commit
 from .errors import (
@@ -74,6 +74,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: A batch on an empty tree with at least this many writes is built bottom-up.
 BULK_BUILD_THRESHOLD = 64
+#: An import writes its blocks to the store in batches of about this many bytes
+#: (each sorted by CID), and its paths index rows in batches of this many.
+IMPORT_BATCH_BYTES = 32 << 20
+IMPORT_BATCH_PATHS = 50_000
 
 
 def _public(method: F) -> F:
@@ -212,23 +216,23 @@ class Repo:
         signature. ``signing_key`` is used for later writes (not stored).
         On any failure nothing is left behind at ``path``.
         """
-        loaded = LoadedCar.read(car, limits)
-        commit = loaded.commit()
         directory = Path(path)
-        created = _first_missing_dir(directory)
-        store = Store.create(directory, durability=durability, busy_timeout=busy_timeout)
-        try:
-            signer = load_signing_key(signing_key) if signing_key is not None else None
-            with store.transaction():
-                store.init_schema()
-                _init_meta(store, commit.did, None, False)
-                repo = cls(directory, store, signing_key=signer, limits=limits)
-                repo._import_loaded(loaded, key)
-            repo._refresh(force=True)
-        except BaseException:
-            store.close()
-            _remove_store_files(directory, created)
-            raise
+        with StreamedCar(car, limits) as streamed:
+            commit = streamed.commit()
+            created = _first_missing_dir(directory)
+            store = Store.create(directory, durability=durability, busy_timeout=busy_timeout)
+            try:
+                signer = load_signing_key(signing_key) if signing_key is not None else None
+                with store.transaction():
+                    store.init_schema()
+                    _init_meta(store, commit.did, None, False)
+                    repo = cls(directory, store, signing_key=signer, limits=limits)
+                    repo._import_streamed(streamed, commit, key)
+                repo._refresh(force=True)
+            except BaseException:
+                store.close()
+                _remove_store_files(directory, created)
+                raise
         return repo
 
     def close(self) -> None:
@@ -685,10 +689,11 @@ class Repo:
         current one (restoring a backup); older blocks stay, and the revs of
         later local commits still increase past every rev this repo has seen.
         """
-        loaded = LoadedCar.read(source, self._limits)
         store = self._store_or_raise()
-        with store.transaction():
-            count = self._import_loaded(loaded, key)
+        with StreamedCar(source, self._limits) as streamed:
+            commit = streamed.commit()
+            with store.transaction():
+                count = self._import_streamed(streamed, commit, key)
         self._refresh(force=True)
         return count
 
@@ -702,16 +707,17 @@ class Repo:
         is checked before one transaction writes the new blocks and HEAD; on
         failure nothing changes. Returns the number of blocks written.
         """
-        loaded = LoadedCar.read(source, self._limits)
         store = self._store_or_raise()
-        with store.transaction():
-            self._refresh()
-            commit = loaded.commit()
-            if rev_key(commit.rev) <= self._rev:
-                raise InvalidCommit(
-                    f"CAR commit {loaded.root.encode()} ({commit.label}) is not newer than HEAD's {self._head_label()}"
-                )
-            count = self._import_loaded(loaded, key, held=store.get_block, prev=self._head)
+        with StreamedCar(source, self._limits) as streamed:
+            commit = streamed.commit()
+            with store.transaction():
+                self._refresh()
+                if rev_key(commit.rev) <= self._rev:
+                    raise InvalidCommit(
+                        f"CAR commit {streamed.root.encode()} ({commit.label}) is not newer than HEAD's "
+                        f"{self._head_label()}"
+                    )
+                count = self._import_streamed(streamed, commit, key, held=store.get_block, prev=self._head)
         self._refresh(force=True)
         return count
 
@@ -921,32 +927,53 @@ class Repo:
             node.persisted = True
             self._cache.add(node)
 
-    def _import_loaded(
+    def _import_streamed(
         self,
-        loaded: LoadedCar,
+        streamed: StreamedCar,
+        commit: Commit,
         key: PublicKey | SigningKey | str | None,
         held: Callable[[CID], bytes | None] | None = None,
         prev: CID | None = None,
     ) -> int:
-        """Check a loaded CAR against this repo and write it (inside a transaction).
+        """Check a CAR against this repo while writing it (inside a transaction); the blocks written.
 
-        ``prev`` is the commit the CAR's commit follows (known for a diff CAR).
+        The tree is walked and checked as the CAR streams in; its blocks and
+        the paths index are written in batches, and HEAD moves only once the
+        walk and the rest of the CAR have been checked: a failure rolls the
+        whole transaction back. ``prev`` is the commit the CAR's commit
+        follows (known for a diff CAR).
         """
-        commit = loaded.commit()
         if commit.did != self._did:
-            raise DidMismatch(f"CAR commit {loaded.root.encode()} is for {commit.did}, not {self._did}")
+            raise DidMismatch(f"CAR commit {streamed.root.encode()} is for {commit.did}, not {self._did}")
         if key is not None:
             commit.verify(load_public_key(key))
-        leaves: list[tuple[bytes, CID]] = []
-        kept = loaded.tree_blocks(commit, self._limits, held, leaves)
         store = self._store_or_raise()
         rev = rev_key(commit.rev)  # a version 2 commit's blocks get "", older than every rev
-        store.put_blocks(kept, rev)
-        store.set_head(loaded.root, rev)
-        store.index_replace(loaded.root, leaves)
+        store.index_clear()
+        blocks: list[tuple[CID, bytes]] = []
+        leaves: list[tuple[bytes, CID]] = []
+        pending = written = 0
+        for cid, data, path in streamed.tree_blocks(commit, held):
+            if data is not None:
+                blocks.append((cid, data))
+                pending += len(data)
+                if pending >= IMPORT_BATCH_BYTES:
+                    store.put_blocks(blocks, rev)
+                    written += len(blocks)
+                    blocks, pending = [], 0
+            if path is not None:
+                leaves.append((path, cid))
+                if len(leaves) >= IMPORT_BATCH_PATHS:
+                    store.index_add(leaves)
+                    leaves = []
+        store.put_blocks(blocks, rev)
+        store.index_add(leaves)
+        streamed.finish()
+        store.set_index_head(streamed.root)
+        store.set_head(streamed.root, rev)
         if prev is not None:  # a full import's predecessor is unknown: no #commit event for it
-            store.record_commit(loaded.root, rev, prev)
-        return len(kept)
+            store.record_commit(streamed.root, rev, prev)
+        return written + len(blocks)
 
     def _car_blocks(self, commit_cid: CID, since: str | None = None) -> Iterator[tuple[CID, bytes]]:
         store = self._store_or_raise()

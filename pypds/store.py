@@ -272,8 +272,20 @@ class Store:
 
     def index_replace(self, head: CID, leaves: Iterable[tuple[bytes, CID]]) -> None:
         """Make the index hold exactly ``leaves`` (HEAD ``head``'s tree)."""
+        self.index_clear()
+        self.index_add(leaves)
+        self.set_meta("index_head", head.cid_bytes)
+
+    def index_clear(self) -> None:
+        """Empty the index (the caller then adds HEAD's leaves and sets ``index_head``)."""
         self.conn.execute("DELETE FROM paths")
+        self.set_meta("index_head", None)
+
+    def index_add(self, leaves: Iterable[tuple[bytes, CID]]) -> None:
+        """Add leaves (paths not yet in the index) in key order."""
         self.conn.executemany("INSERT INTO paths (path, cid) VALUES (?, ?)", ((k, c.cid_bytes) for k, c in leaves))
+
+    def set_index_head(self, head: CID) -> None:
         self.set_meta("index_head", head.cid_bytes)
 
     def index_apply(self, head: CID, changes: Iterable[tuple[bytes, bytes | None]]) -> None:

@@ -22,7 +22,7 @@ from itertools import zip_longest
 from pathlib import Path
 
 from .car import CarSource
-from .car_import import LoadedCar, check_record, partial_tree
+from .car_import import StreamedCar, check_record, partial_tree
 from .cid import CID
 from .commit import Commit, decode_commit
 from .errors import (
@@ -157,21 +157,41 @@ def verify_car(
     key: PublicKey | SigningKey | str | None = None,
     limits: Limits = DEFAULT_LIMITS,
 ) -> VerifyReport:
-    """Verify a full repository CAR without storing anything."""
-    report = VerifyReport()
+    """Verify a full repository CAR without storing anything.
+
+    The CAR is read in one streaming pass (see :class:`~pypds.car_import.StreamedCar`),
+    with bounded memory whatever its size or block order.
+    """
     order = ["car-framing", "block-hashes", "cid-form", "commit", "did", "signature", *_TREE_CHECKS]
+    tree = VerifyReport()
+    car: StreamedCar | None = None
     try:
-        loaded = LoadedCar.read(source, limits)
+        with StreamedCar(source, limits) as car:
+            verify_tree(car.get, car.root, tree, did=did, key=key, limits=limits, whole_car=True)
+            if tree.ok:
+                car.finish()
     except PypdsError as exc:
-        failed = next((name for cls, name in _READ_FAILURES if isinstance(exc, cls)), "car-framing")
-        for name in order[: order.index(failed)]:
-            report._set(name, Outcome.PASSED)
-        return report._stop(failed, exc, order[order.index(failed) :])
-    report.blocks = len(loaded.blocks)
-    report._set("car-framing", Outcome.PASSED, f"root {loaded.root.encode()}")
-    report._set("block-hashes", Outcome.PASSED, f"{len(loaded.blocks)} blocks")
+        if car is None or car.read_error is None:  # the header, or the commit block while reading it
+            return _read_failure(exc, order)
+    if car.read_error is not None:
+        return _read_failure(car.read_error, order)
+    report = VerifyReport(blocks=car.blocks)
+    report._set("car-framing", Outcome.PASSED, f"root {car.root.encode()}")
+    report._set("block-hashes", Outcome.PASSED, f"{car.blocks} blocks" if tree.ok else "every block read so far")
     report._set("cid-form", Outcome.PASSED)
-    return verify_tree(loaded.get, loaded.root, report, did=did, key=key, limits=limits, whole_car=True)
+    report.checks.extend(tree.checks)
+    report.commit, report.did, report.rev, report.version = tree.commit, tree.did, tree.rev, tree.version
+    report.nodes, report.records = tree.nodes, tree.records
+    return report
+
+
+def _read_failure(exc: Exception, order: list[str]) -> VerifyReport:
+    """The report for a CAR whose framing, hashes, CIDs or size limits fail."""
+    report = VerifyReport()
+    failed = next((name for cls, name in _READ_FAILURES if isinstance(exc, cls)), "car-framing")
+    for name in order[: order.index(failed)]:
+        report._set(name, Outcome.PASSED)
+    return report._stop(failed, exc, order[order.index(failed) :])
 
 
 def verify_tree(

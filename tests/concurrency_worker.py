@@ -19,7 +19,7 @@ from typing import Any
 import apsw
 
 from pypds import Repo, parse_did_key
-from pypds.car_import import LoadedCar
+from pypds.car_import import StreamedCar
 from pypds.limits import DEFAULT_LIMITS
 from pypds.mst import build_tree
 
@@ -241,13 +241,15 @@ def run_reader(
 
                 # the full CAR of HEAD (and of the HEAD read first) verifies
                 for car in (repo.export_car(), repo.export_car(commit=head)):
-                    loaded = LoadedCar.read(car, DEFAULT_LIMITS)
-                    car_commit = loaded.commit()
-                    car_commit.verify(key)
-                    loaded.tree_blocks(car_commit, DEFAULT_LIMITS)
+                    with StreamedCar(car, DEFAULT_LIMITS) as streamed:
+                        car_commit = streamed.commit()
+                        car_commit.verify(key)
+                        for _step in streamed.tree_blocks(car_commit):
+                            pass
+                        streamed.finish()
                     if car_commit.rev < commit.rev:
                         raise AssertionError("export_car() went back in time")
-                    heads[loaded.root.encode()] = car_commit.rev
+                    heads[streamed.root.encode()] = car_commit.rev
             except Exception as exc:
                 result["errors"].append(_error(exc))
                 if len(result["errors"]) >= 5:

@@ -48,7 +48,7 @@ from pypds import (
     cid_for_cbor,
     decode_commit,
 )
-from pypds.car_import import LoadedCar
+from pypds.car_import import StreamedCar
 from pypds.limits import DEFAULT_LIMITS
 from pypds.mst import build_tree
 
@@ -493,7 +493,8 @@ def test_idle_handles_see_other_process_commits(repo_path, tmp_path):
         ]
         assert handles["checkout"].checkout().root == root_of(expected)
         car = handles["car"].export_car()
-        assert LoadedCar.read(car, DEFAULT_LIMITS).root == last
+        with StreamedCar(car, DEFAULT_LIMITS) as streamed:
+            assert streamed.root == last
 
         # the idle handle's next write builds on the other process's HEAD
         cid = handles["put"].put(POST, "after-idle", post_record(9, 9))

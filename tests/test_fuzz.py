@@ -1170,8 +1170,9 @@ GOOD_HEADER = frame(enc({"roots": [cid_for_cbor(b"\xa0")], "version": 1}))
 HUGE_CARS = {
     "header": encode_varint(HUGE),
     "section": GOOD_HEADER + encode_varint(HUGE),
+    # a block other than the root: an import reads on past it, looking for the root commit
     "section-after-a-block": GOOD_HEADER
-    + frame(DAG + hashlib.sha256(b"\xa0").digest() + b"\xa0")
+    + frame(DAG + hashlib.sha256(b"\x80").digest() + b"\x80")
     + encode_varint(HUGE),
 }
 

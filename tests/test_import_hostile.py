@@ -1019,7 +1019,7 @@ def _replace_record(src: Source, data: bytes, raw: bool = False) -> bytes:
 
 
 RECORD_GAP = (
-    "pypds bug: Repo._import_loaded / _LoadedCar.tree_blocks only hash-check record blocks; a record "
+    "pypds bug: the import only hash-check record blocks; a record "
     "that is not a valid atproto record is imported, and Repo.find fails (or succeeds) on it later"
 )
 
