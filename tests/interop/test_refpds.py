@@ -41,6 +41,7 @@ from pypds import cbor as pcbor
 from pypds.blobs import blob_refs
 from pypds.cid import cid_for_raw, link_from_bytes
 from pypds.cli import main
+from pypds.cli.app import cli
 from pypds.firehose import verify_commit_message
 from pypds.identity import resolve
 from pypds.server import make_app
@@ -165,7 +166,8 @@ def private_network_opt_in() -> dict:
 
 def cli_network_options(refpds) -> list[str]:
     options = ["--plc-url", refpds.plc, "--web-base", refpds.pds, "--timeout", "10", "--quiet", "--json"]
-    return [*options, "--allow-private-network"] if private_network_opt_in() else options
+    has_opt_in = any(param.name == "allow_private_network" for param in cli.commands["download"].params)
+    return [*options, "--allow-private-network"] if has_opt_in else options
 
 
 def signing_key_of(refpds, did: str):
@@ -357,11 +359,25 @@ def firehose_frames(refpds, limit_seconds: float = 3.0) -> list[tuple[dict, dict
     return asyncio.run(read())
 
 
+def single_op_commits(refpds) -> str:
+    """A new account with 60 one-op commits (40 creates, 10 updates, 10 deletes): a tree of several layers
+    whose every split and merge is a firehose message. Returns its DID."""
+    body = {"handle": f"bob{refpds.handle_domain}", "email": "bob@example.com", "password": "bob-password"}
+    bob = xrpc(refpds.pds, "com.atproto.server.createAccount", body=body)
+    ops = [[create(POST, tid(i, 4), new_post(i))] for i in range(40)]
+    ops += [[update(POST, tid(i, 4), new_post(i) | {"text": "edited"})] for i in range(0, 40, 4)]
+    ops += [[delete(POST, tid(i, 4))] for i in range(1, 40, 4)]
+    for writes in ops:
+        apply_writes(refpds, bob, writes)
+    return bob["did"]
+
+
 def test_verify_commit_message_on_every_subscribe_repos_commit(refpds, alice):
+    bob = single_op_commits(refpds)
     frames = firehose_frames(refpds)
     commits = [body for header, body in frames if header.get("t") == "#commit"]
-    mine = [body for body in commits if body["repo"] == alice["did"]]
-    assert len(mine) >= 3  # account creation and the two applyWrites batches (more after the --since test)
+    assert len([body for body in commits if body["repo"] == alice["did"]]) >= 3  # creation, two applyWrites
+    assert len([body for body in commits if body["repo"] == bob]) == 61
     keys: dict[str, object] = {}
     checked_prev_data = 0
     for body in commits:
@@ -518,5 +534,9 @@ def test_push_with_a_wrong_password_or_to_another_did_changes_nothing(refpds, al
     assert main(["push", str(path), "--pds", refpds.pds, *login_as_alice]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"is '{alice['did']}'" in err and f"holds the repository of {did}" in err
+    wrong_audience = ["--create-account", "--handle", f"other{refpds.handle_domain}", "--email", "o@example.com"]
+    assert main(["push", str(path), "--pds", refpds.pds, *wrong_audience, "--pds-did", "did:web:elsewhere.test"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was refused: 401 BadJwtAudience" in err
     assert {f.name: f.read_bytes() for f in path.iterdir() if f.is_file()} == before
     assert CID.decode(xrpc(refpds.pds, "com.atproto.sync.getLatestCommit", params={"did": alice["did"]})["cid"])
