@@ -68,6 +68,7 @@ from .limits import Limits
 from .mst import MST
 from .proof import verify_proof
 from .repo import Batch, BlockStore, GcReport, Repo
+from .service_auth import service_auth_token
 from .verify import Check, Outcome, VerifyReport, verify_car
 
 __version__ = "0.1.0"
@@ -75,6 +76,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from .downloader import BlobFailure, DownloadReport, download, download_async
     from .identity import Identity, ResolverConfig, resolve, resolve_async
+    from .pusher import NewAccount, PushReport, push, push_async
     from .server import make_app, serve
 
 #: Network entry points, imported on first use so that ``import pypds`` never imports aiohttp.
@@ -87,6 +89,10 @@ _LAZY = {
     "resolve_async": "identity",
     "Identity": "identity",
     "ResolverConfig": "identity",
+    "push": "pusher",
+    "push_async": "pusher",
+    "PushReport": "pusher",
+    "NewAccount": "pusher",
     "make_app": "server",
     "serve": "server",
 }
@@ -170,6 +176,7 @@ __all__ = [
     "parse_cid",
     "parse_did_key",
     "sign_commit",
+    "service_auth_token",
     # network (lazy)
     "BlobFailure",
     "DownloadReport",
@@ -184,6 +191,10 @@ __all__ = [
     "download",
     "download_async",
     "make_app",
+    "NewAccount",
+    "PushReport",
+    "push",
+    "push_async",
     "resolve",
     "resolve_async",
     "serve",

@@ -20,7 +20,7 @@ from .cid import CID, RAW_PREFIX, cid_for_raw
 from .errors import BlockHashMismatch, InvalidInput
 from .files import TEMP_PREFIX, atomic_file, fsync_dir
 
-__all__ = ["BlobRef", "BlobStore", "blob_refs"]
+__all__ = ["BlobRef", "BlobStore", "blob_mime_types", "blob_refs"]
 
 #: Temporary blob files older than this (seconds) are removed when a repo opens.
 STALE_TEMP_SECONDS = 3600.0
@@ -67,6 +67,28 @@ def blob_refs(value: object) -> list[CID]:
         elif type(item) is list:
             stack.extend(reversed(item))
     return list(found.values())
+
+
+def blob_mime_types(value: object) -> dict[bytes, str]:
+    """The MIME type a record gives each blob it references, by the blob's binary CID.
+
+    Same references as :func:`blob_refs`; a reference without a string
+    ``mimeType`` is left out. Iterative.
+    """
+    found: dict[bytes, str] = {}
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is dict:
+            cid = _blob_ref_of(item)
+            if cid is not None:
+                if isinstance(item.get("mimeType"), str):
+                    found.setdefault(cid.cid_bytes, item["mimeType"])
+                continue
+            stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
+    return found
 
 
 def _blob_ref_of(item: dict) -> CID | None:

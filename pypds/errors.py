@@ -228,13 +228,15 @@ class HandleMismatch(ResolveError):
 
 
 class RemoteError(NetworkError):
-    """A server answered with an error status; ``error`` is the XRPC error name (or ``HTTP<status>``)."""
+    """A server answered with an error status; ``error`` is the XRPC error name (or ``HTTP<status>``),
+    ``detail`` the server's own message (may be empty)."""
 
-    def __init__(self, message: str, *, status: int, error: str, url: str = "") -> None:
+    def __init__(self, message: str, *, status: int, error: str, url: str = "", detail: str = "") -> None:
         super().__init__(message)
         self.status = status
         self.error = error
         self.url = url
+        self.detail = detail
 
 
 class ResponseTooLarge(LimitExceeded, NetworkError):

@@ -143,7 +143,9 @@ async def remote_error(response: aiohttp.ClientResponse) -> RemoteError:
         if isinstance(parsed.get("message"), str):
             message = parsed["message"][:500]
     text = f"{response.method} {response.url} failed: {status} {name}"
-    return RemoteError(f"{text}: {message}" if message else text, status=status, error=name, url=str(response.url))
+    return RemoteError(
+        f"{text}: {message}" if message else text, status=status, error=name, url=str(response.url), detail=message
+    )
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -179,7 +181,7 @@ async def retrying(attempt: Callable[[], Awaitable[T]], *, what: str, retries: i
 def _final_error(exc: BaseException, what: str, attempts: int) -> NetworkError:
     tries = f"after {attempts} attempt{'s' if attempts > 1 else ''}"
     if isinstance(exc, RemoteError):
-        return RemoteError(f"{exc} ({tries})", status=exc.status, error=exc.error, url=exc.url)
+        return RemoteError(f"{exc} ({tries})", status=exc.status, error=exc.error, url=exc.url, detail=exc.detail)
     reason = str(exc) or type(exc).__name__
     if isinstance(exc, TimeoutError):
         reason = "timed out"
@@ -187,11 +189,13 @@ def _final_error(exc: BaseException, what: str, attempts: int) -> NetworkError:
 
 
 class XrpcClient:
-    """Queries to one XRPC service (a PDS) over a shared :class:`aiohttp.ClientSession`.
+    """Queries and procedures of one XRPC service (a PDS) over a shared :class:`aiohttp.ClientSession`.
 
-    ``retries`` and ``backoff`` apply to :meth:`query_json`; streaming
-    callers wrap their whole attempt in :func:`retrying` themselves, so a
-    transfer cut half way starts again from the beginning.
+    ``retries`` and ``backoff`` apply to :meth:`query_json` and
+    :meth:`procedure`; streaming callers wrap their whole attempt in
+    :func:`retrying` themselves, so a transfer cut half way starts again from
+    the beginning. ``headers`` (for example ``Authorization``) go with every
+    request; :meth:`authorize` sets the bearer token.
     """
 
     def __init__(self, session: aiohttp.ClientSession, base_url: str, *, retries: int = 3, backoff: float = 0.5):
@@ -199,6 +203,11 @@ class XrpcClient:
         self.base_url = base_url.rstrip("/")
         self.retries = retries
         self.backoff = backoff
+        self.headers: dict[str, str] = {}
+
+    def authorize(self, token: str) -> None:
+        """Send ``Authorization: Bearer <token>`` with every later request."""
+        self.headers["Authorization"] = f"Bearer {token}"
 
     def url(self, method: str) -> str:
         return f"{self.base_url}/xrpc/{method}"
@@ -209,7 +218,9 @@ class XrpcClient:
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """One GET of ``method``; yields the response once its status is 2xx (else raises RemoteError)."""
         extra = {} if timeout is None else {"timeout": timeout}
-        async with self.session.get(self.url(method), params=params, allow_redirects=False, **extra) as response:
+        async with self.session.get(
+            self.url(method), params=params, headers=self.headers, allow_redirects=False, **extra
+        ) as response:
             if not 200 <= response.status < 300:
                 raise await remote_error(response)
             yield response
@@ -223,3 +234,36 @@ class XrpcClient:
             return json_object(body, NetworkError, f"the answer of {self.url(method)}")
 
         return await retrying(attempt, what=f"GET {self.url(method)}", retries=self.retries, backoff=self.backoff)
+
+    async def procedure(
+        self,
+        method: str,
+        body: Callable[[], Any] | dict[str, Any],
+        *,
+        content_type: str = JSON_MIME,
+        headers: dict[str, str] | None = None,
+        max_bytes: int = MAX_JSON_BYTES,
+    ) -> dict[str, Any]:
+        """POST ``method`` with retries; returns its JSON object answer ({} for an empty body).
+
+        ``body`` is a JSON object, or a function giving the request body
+        (bytes or a fresh file object) for each attempt. ``headers`` add to
+        (or override) the client's.
+        """
+
+        async def attempt() -> dict[str, Any]:
+            data = json.dumps(body).encode() if isinstance(body, dict) else body()
+            sent = {**self.headers, "Content-Type": content_type, **(headers or {})}
+            try:
+                async with self.session.post(
+                    self.url(method), data=data, headers=sent, allow_redirects=False
+                ) as response:
+                    if not 200 <= response.status < 300:
+                        raise await remote_error(response)
+                    answer = await read_capped(response, max_bytes, "max_json_bytes")
+            finally:
+                if hasattr(data, "close"):
+                    data.close()
+            return json_object(answer, NetworkError, f"the answer of {self.url(method)}") if answer.strip() else {}
+
+        return await retrying(attempt, what=f"POST {self.url(method)}", retries=self.retries, backoff=self.backoff)

@@ -107,7 +107,7 @@ def _command_paths(group: click.Group, prefix: tuple[str, ...] = ()):
 
 def test_every_command_has_help_with_an_example(capsys):
     paths = list(_command_paths(cli))
-    assert len(paths) == 25  # 19 commands (serve and download included), ref ls|set|rm, blob put|get|ls
+    assert len(paths) == 26  # 20 commands (serve, download and push included), ref ls|set|rm, blob put|get|ls
     for path in paths:
         code, out, err = run(capsys, *path, "--help")
         assert code == 0 and err == ""

@@ -15,10 +15,21 @@ from urllib.parse import urlsplit
 import click
 
 from ..errors import IntegrityError, NetworkError
-from ._common import InputError, Progress, echo, emit_json, human_size, json_option, quiet_option
+from ._common import (
+    InputError,
+    Progress,
+    echo,
+    emit_json,
+    human_size,
+    json_option,
+    load_key,
+    quiet_option,
+    signing_key_options,
+)
 
 if TYPE_CHECKING:
-    from ..downloader import DownloadReport
+    from ..downloader import BlobFailure, DownloadReport
+    from ..pusher import PushReport
 
 DEFAULT_PLC_URL = "https://plc.directory"  # pypds.identity.DEFAULT_PLC_URL, without importing it
 
@@ -186,11 +197,14 @@ def _print_report(report: DownloadReport, blobs: bool) -> None:
 
 
 def _fail_on_blob_errors(report: DownloadReport) -> None:
-    failed = report.blobs_failed
+    _fail_on_blob_failures(report.blobs_failed, len(report.blobs_fetched))
+
+
+def _fail_on_blob_failures(failed: list[BlobFailure], succeeded: int) -> None:
     if not failed:
         return
     first = failed[0]
-    total = len(failed) + len(report.blobs_fetched)
+    total = len(failed) + succeeded
     message = (
         f"{len(failed)} of {total} blobs failed (first: {first.cid.encode()}: {first.error}); "
         "run the command again to fetch the rest"
@@ -201,7 +215,7 @@ def _fail_on_blob_errors(report: DownloadReport) -> None:
 
 
 @contextmanager
-def _bars(enabled: bool) -> Iterator[Any]:
+def _bars(enabled: bool, verb: str = "downloading") -> Iterator[Any]:
     """A ``progress(stage, done, total)`` callback drawing rich bars on stderr (None when disabled)."""
     if not enabled:
         yield None
@@ -216,7 +230,7 @@ def _bars(enabled: bool) -> Iterator[Any]:
 
         def update(stage: str, done: int, total: int | None) -> None:
             if stage not in tasks:
-                tasks[stage] = bar.add_task(f"downloading {stage}", total=total, detail="")
+                tasks[stage] = bar.add_task(f"{verb} {stage}", total=total, detail="")
             detail = f"{done}/{total}" if stage == "blobs" else human_size(done)
             if stage == "repo" and total:
                 detail += f" of {human_size(total)}"
@@ -225,4 +239,139 @@ def _bars(enabled: bool) -> Iterator[Any]:
         yield update
 
 
-NET_COMMANDS = [serve_cmd, download_cmd]
+# -- push ----------------------------------------------------------------------------------------
+
+
+@click.command("push", short_help="Push a repository (and its blobs) to a PDS.")
+@click.argument("path", metavar="PATH")
+@click.option("--pds", "pds_url", required=True, metavar="URL", help="The PDS to push to (http(s) base URL).")
+@click.option(
+    "--password",
+    metavar="PASSWORD",
+    envvar="PYPDS_PASSWORD",
+    show_envvar=True,
+    help="App password of the existing account (logs in with createSession).",
+)
+@click.option(
+    "--identifier", metavar="HANDLE|DID|EMAIL", help="Account to log in as with --password (default: the repo's DID)."
+)
+@click.option(
+    "--create-account",
+    is_flag=True,
+    help="Create the account for the repository's DID (createAccount with a service-auth JWT signed by the "
+    "repository's key; the DID document must already name that key).",
+)
+@click.option("--handle", metavar="HANDLE", help="Handle of the new account (with --create-account).")
+@click.option("--email", metavar="EMAIL", help="Email of the new account (with --create-account; the PDS needs one).")
+@click.option(
+    "--account-password",
+    metavar="PASSWORD",
+    envvar="PYPDS_ACCOUNT_PASSWORD",
+    show_envvar=True,
+    help="Login password of the new account (with --create-account).",
+)
+@click.option("--invite-code", metavar="CODE", help="Invite code, for a PDS that requires one.")
+@click.option("--pds-did", metavar="DID", help="The PDS's DID for the JWT audience (default: its describeServer).")
+@signing_key_options
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds for each connection or read.",
+)
+@click.option(
+    "--retries", type=click.IntRange(min=0), default=3, show_default=True, help="Retries of a failed request."
+)
+@json_option
+@quiet_option
+def push_cmd(
+    path: str,
+    pds_url: str,
+    password: str | None,
+    identifier: str | None,
+    create_account: bool,
+    handle: str | None,
+    email: str | None,
+    account_password: str | None,
+    invite_code: str | None,
+    pds_did: str | None,
+    signing_key: str | None,
+    curve: str,
+    timeout: float,
+    retries: int,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Push the repository at PATH to a PDS: log in (or create the account), import the CAR, upload
+    every blob the PDS lists as missing, and check that the PDS's head is the repository's HEAD.
+
+    An existing account logs in with an app password (--password or PYPDS_PASSWORD). A new
+    account for the repository's DID (--create-account --handle --email) is authorised by a
+    service-auth JWT signed with the repository's signing key, which the DID document must name;
+    the PDS creates it deactivated, as in any account migration. Nothing local is changed; a
+    refused login or import, or an account of another DID, is one line on stderr (exit status 2,
+    1 for a DID mismatch). Blobs that fail are listed, and a rerun sends only what is missing.
+
+    \b
+    Examples:
+      pypds push ./alice --pds https://pds.example.com --password xxxx-xxxx-xxxx-xxxx
+      pypds push ./alice --pds http://127.0.0.1:2583 --create-account \\
+          --handle alice.test --email alice@example.com
+    """
+    from ..pusher import NewAccount, push
+
+    _check_push_options(password, create_account, handle, email, identifier)
+    if not (Path(path) / "pds.db").is_file():
+        raise InputError(f"no repository at {path}")
+    account = NewAccount(handle or "", email or "", account_password, invite_code) if create_account else None
+    with _bars(Progress.create(quiet).enabled, "uploading") as progress:
+        report = push(
+            path,
+            _http_url(pds_url, "--pds") or pds_url,
+            password=password,
+            identifier=identifier,
+            new_account=account,
+            signing_key=load_key(signing_key, curve),
+            pds_did=pds_did,
+            timeout=timeout,
+            retries=retries,
+            progress=progress,
+        )
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        _print_push_report(report)
+    if report.pds_head != report.head:
+        shown_head = "nothing" if report.pds_head is None else report.pds_head.encode()
+        raise IntegrityError(f"after the import {report.pds} has head {shown_head}, not {report.head.encode()}")
+    _fail_on_blob_failures(report.blobs_failed, len(report.blobs_uploaded))
+
+
+def _check_push_options(
+    password: str | None, create_account: bool, handle: str | None, email: str | None, identifier: str | None
+) -> None:
+    if create_account == (password is not None):
+        raise click.UsageError("give either --password (an existing account) or --create-account (a new one)")
+    if create_account and (not handle or not email):
+        raise click.UsageError("--create-account needs --handle and --email")
+    if not create_account and (handle or email):
+        raise click.UsageError("--handle and --email go with --create-account")
+    if create_account and identifier:
+        raise click.UsageError("--identifier goes with --password (a new account is the repository's DID)")
+
+
+def _print_push_report(report: PushReport) -> None:
+    who = report.did if report.handle is None else f"{report.did} ({report.handle})"
+    echo(f"pushed {report.path} to {report.pds}: {who}, account {report.account}")
+    echo(f"sent CAR {human_size(report.car_bytes)}: commit {report.head.encode()}  rev {report.rev}")
+    echo(
+        f"blobs: {len(report.blobs_uploaded)} of {report.blobs_missing} missing uploaded "
+        f"({human_size(report.blob_bytes)}), {len(report.blobs_failed)} failed"
+    )
+    if report.pds_head is not None:
+        same = "the same" if report.pds_head == report.head else "DIFFERENT"
+        echo(f"pds head {report.pds_head.encode()} ({same})")
+
+
+NET_COMMANDS = [serve_cmd, download_cmd, push_cmd]
