@@ -32,13 +32,13 @@ from .cid import CID, parse_cid
 from .commit import Commit, decode_commit, sign_commit
 from .errors import (
     DidMismatch,
-    InvalidCommit,
     InvalidInput,
     MissingBlock,
     NotFound,
     RecordNotFound,
     RefNotFound,
     RepoClosed,
+    RollbackRefused,
     SigningKeyRequired,
     shown,
 )
@@ -668,7 +668,13 @@ class Repo:
     # -- CAR import and export -------------------------------------------------
 
     @_public
-    def import_car(self, source: CarSource, *, key: PublicKey | SigningKey | str | None = None) -> int:
+    def import_car(
+        self,
+        source: CarSource,
+        *,
+        key: PublicKey | SigningKey | str | None = None,
+        require_newer: bool = False,
+    ) -> int:
         """Import a full repository CAR for this DID and move HEAD to its commit.
 
         Every block's hash, the commit, the whole MST (structure and
@@ -680,10 +686,16 @@ class Repo:
         HEAD moves to the CAR's commit even if its rev is older than the
         current one (restoring a backup); older blocks stay, and the revs of
         later local commits still increase past every rev this repo has seen.
+        With ``require_newer=True`` (what a download uses) a commit not newer
+        than HEAD raises :class:`RollbackRefused` instead, checked inside the
+        transaction so that a concurrent update cannot slip in between.
         """
         loaded = LoadedCar.read(source, self._limits)
         store = self._store_or_raise()
         with store.transaction():
+            if require_newer:
+                self._refresh()
+                _refuse_rollback(loaded.root, loaded.commit().rev, self._head, self._rev)
             count = self._import_loaded(loaded, key)
         self._refresh(force=True)
         return count
@@ -702,11 +714,7 @@ class Repo:
         store = self._store_or_raise()
         with store.transaction():
             self._refresh()
-            commit = loaded.commit()
-            if commit.rev <= self._rev:
-                raise InvalidCommit(
-                    f"CAR commit {loaded.root.encode()} has rev {commit.rev}, not newer than HEAD's {self._rev}"
-                )
+            _refuse_rollback(loaded.root, loaded.commit().rev, self._head, self._rev)
             count = self._import_loaded(loaded, key, held=store.get_block, prev=self._head)
         self._refresh(force=True)
         return count
@@ -986,6 +994,16 @@ class _Written(NamedTuple):
     commit: CID
     rev: str
     nodes: list[Node]
+
+
+def rev_is_newer(rev: str | None, than: str | None) -> bool:
+    """True if ``rev`` is newer than ``than``; a missing rev (a version 2 commit) is older than any rev."""
+    return bool(rev) and (not than or rev > than)  # type: ignore[operator]
+
+
+def _refuse_rollback(offered: CID, offered_rev: str | None, head: CID, head_rev: str | None) -> None:
+    if not rev_is_newer(offered_rev, head_rev):
+        raise RollbackRefused(offered, offered_rev, head, head_rev)
 
 
 def _unpersisted_nodes(root: Node) -> list[Node]:
