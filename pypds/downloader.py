@@ -542,8 +542,8 @@ def _temp_car(target: Path) -> Iterator[Path]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         yield path
     finally:
+        os.close(fd)  # releases the lock; a cleaner removing the file first is harmless
         path.unlink(missing_ok=True)
-        os.close(fd)
 
 
 def _temp_dir(target: Path) -> Path:
