@@ -435,8 +435,14 @@ async def retrying(
                 _deadline_passed(pace, what, exc)
             if n == retries:
                 raise _final_error(exc, what, n + 1) from exc
-        await asyncio.sleep(min(backoff * 2**n, _MAX_BACKOFF))
+        await asyncio.sleep(_backoff_delay(backoff * 2**n, pace))
     raise AssertionError("unreachable")
+
+
+def _backoff_delay(delay: float, pace: Pace | None) -> float:
+    """``delay`` capped at 30 s and at what is left before the deadline."""
+    remaining = None if pace is None else pace.remaining()
+    return min(delay, _MAX_BACKOFF) if remaining is None else max(0.0, min(delay, _MAX_BACKOFF, remaining))
 
 
 def _deadline_passed(pace: Pace, what: str, exc: BaseException) -> None:
