@@ -131,8 +131,9 @@ class DownloadReport:
     """What :func:`download` did.
 
     ``action`` is ``"created"`` (a new copy), ``"updated"`` (a diff applied),
-    ``"replaced"`` (a full CAR imported into an existing copy) or
-    ``"unchanged"`` (the copy was already at the PDS's latest commit).
+    ``"replaced"`` (a full CAR of a newer commit imported into an existing
+    copy) or ``"unchanged"`` (the copy was already at the commit the PDS
+    offers).
     """
 
     identity: Identity
