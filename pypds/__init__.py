@@ -17,9 +17,11 @@ from .car_order import CarOrder, check_car_order
 from .cid import CID, cid_for_cbor, cid_for_raw, parse_cid
 from .commit import Commit, decode_commit, sign_commit
 from .errors import (
+    AddressRefused,
     BadSignature,
     BlockHashMismatch,
     CarFormatError,
+    DeadlineExceeded,
     DidMismatch,
     HandleMismatch,
     IntegrityError,
@@ -36,6 +38,7 @@ from .errors import (
     InvalidSigningKey,
     InvalidTid,
     LimitExceeded,
+    ListingTooLong,
     MissingBlock,
     NetworkError,
     NotFound,
@@ -51,8 +54,10 @@ from .errors import (
     RepoStateError,
     ResolveError,
     ResponseTooLarge,
+    RollbackRefused,
     SchemaVersionError,
     SigningKeyRequired,
+    TransferTooSlow,
 )
 from .firehose import VerifiedCommit, verify_commit_message
 from .keys import (
@@ -162,6 +167,7 @@ __all__ = [
     "RepoExists",
     "RepoNotFound",
     "RepoStateError",
+    "RollbackRefused",
     "SchemaVersionError",
     "SigningKey",
     "SigningKeyRequired",
@@ -178,16 +184,20 @@ __all__ = [
     "sign_commit",
     "service_auth_token",
     # network (lazy)
+    "AddressRefused",
     "BlobFailure",
+    "DeadlineExceeded",
     "DownloadReport",
     "HandleMismatch",
     "Identity",
     "InvalidHandle",
+    "ListingTooLong",
     "NetworkError",
     "RemoteError",
     "ResolveError",
     "ResolverConfig",
     "ResponseTooLarge",
+    "TransferTooSlow",
     "download",
     "download_async",
     "make_app",

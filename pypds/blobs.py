@@ -7,20 +7,28 @@ partial file under a final name; new directories are fsynced into their
 parents. Temporary files left by a killed writer are removed when a
 repository is next opened (once they are an hour old). Reads are checked
 against the CID: a truncated or altered file raises :class:`BlockHashMismatch`.
+
+A blob arriving from the network is never held whole: :meth:`BlobStore.receive`
+writes it to a temporary file in its shard while hashing it, and renames it
+into place only if the bytes hash to the expected CID.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from .cid import CID, RAW_PREFIX, cid_for_raw
-from .errors import BlockHashMismatch, InvalidInput
+from .errors import BlockHashMismatch, InvalidCid, InvalidInput
 from .files import TEMP_PREFIX, atomic_file, fsync_dir
 
-__all__ = ["BlobRef", "BlobStore", "blob_mime_types", "blob_refs"]
+__all__ = ["BlobRef", "BlobStore", "IncomingBlob", "blob_mime_types", "blob_refs"]
 
 #: Temporary blob files older than this (seconds) are removed when a repo opens.
 STALE_TEMP_SECONDS = 3600.0
@@ -127,6 +135,16 @@ class BlobStore:
         fsync_dir(final.parent)
         return cid
 
+    @contextmanager
+    def receive(self, cid: CID) -> Iterator[IncomingBlob]:
+        """An :class:`IncomingBlob` for ``cid``; its temporary file is removed on exit unless
+        :meth:`IncomingBlob.finish` moved it into place."""
+        incoming = IncomingBlob(self, cid)
+        try:
+            yield incoming
+        finally:
+            incoming.discard()
+
     def _make_dirs(self, shard: Path) -> None:
         """Create ``blobs/`` and the shard directory durably (their entries fsynced)."""
         for directory in (self.root, shard):
@@ -202,3 +220,41 @@ class BlobStore:
 
     def _matches(self, path: Path, cid: CID) -> bool:
         return hashlib.sha256(path.read_bytes()).digest() == cid.cid_bytes[4:]
+
+
+class IncomingBlob:
+    """A blob written piece by piece: to a temporary file in its shard directory, hashed as it
+    arrives. :meth:`finish` fsyncs it and renames it into place only if the bytes hash to the
+    expected CID; memory use does not depend on the blob's size."""
+
+    def __init__(self, store: BlobStore, cid: CID) -> None:
+        if cid.cid_bytes[:4] != RAW_PREFIX or len(cid.cid_bytes) != 36:
+            raise InvalidCid(f"{cid.encode()} is not a blob (raw sha2-256) CID")
+        self.cid = cid
+        self.final = store.path_for(cid)
+        store._make_dirs(self.final.parent)
+        self.tmp = self.final.with_name(f"{TEMP_PREFIX}{self.final.name}-{secrets.token_hex(6)}")
+        self.size = 0
+        self._hash = hashlib.sha256()
+        self._file = open(self.tmp, "xb")  # noqa: SIM115 (closed by finish or discard)
+
+    def write(self, chunk: bytes) -> None:
+        self._file.write(chunk)
+        self._hash.update(chunk)
+        self.size += len(chunk)
+
+    def finish(self) -> None:
+        """Move the blob into place; :class:`BlockHashMismatch` (and nothing stored) if its bytes
+        do not hash to its CID."""
+        if self._hash.digest() != self.cid.cid_bytes[4:]:
+            raise BlockHashMismatch(f"blob {self.cid.encode()}: {self.size} bytes received do not hash to its CID")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.tmp, self.final)
+        fsync_dir(self.final.parent)
+
+    def discard(self) -> None:
+        """Close and remove the temporary file (nothing to do after :meth:`finish`)."""
+        self._file.close()
+        self.tmp.unlink(missing_ok=True)

@@ -28,7 +28,7 @@ from .errors import BadSignature, InvalidCommit, shown
 from .keys import PublicKey, SigningKey, is_high_s
 from .syntax import is_valid_did, is_valid_tid
 
-__all__ = ["Commit", "READ_VERSIONS", "sign_commit", "decode_commit", "rev_key"]
+__all__ = ["Commit", "READ_VERSIONS", "sign_commit", "decode_commit", "rev_is_newer", "rev_key"]
 
 #: Repository format versions pypds reads (it writes only version 3).
 READ_VERSIONS = (2, 3)
@@ -93,6 +93,11 @@ class Commit:
 def rev_key(rev: str | None) -> str:
     """A sort key for revs where a missing rev (version 2) comes before every rev."""
     return "" if rev is None else rev
+
+
+def rev_is_newer(rev: str | None, than: str | None) -> bool:
+    """True if ``rev`` is newer than ``than``; a missing rev (a version 2 commit) is older than any rev."""
+    return rev_key(rev) > rev_key(than)
 
 
 def sign_commit(did: str, data: CID, rev: str, key: SigningKey) -> tuple[Commit, bytes, CID]:

@@ -14,10 +14,11 @@ The documented way to back up an atproto account, as one call
    copy lacks); an existing copy without ``since`` by importing the full
    CAR. A copy already at the PDS's latest commit is left alone.
 3. With ``blobs=True``: ``listBlobs`` is paged through, and every blob not
-   stored locally is fetched with ``getBlob``, checked against its CID, and
-   stored. A blob that fails does not stop the others; the report lists
-   what was fetched and what failed, and running again fetches only what is
-   still missing (that is how an interrupted run resumes).
+   stored locally is streamed from ``getBlob`` to a temporary file while
+   hashed, and moved into place only if it matches its CID. A blob that
+   fails does not stop the others; the report lists what was fetched and
+   what failed, and running again fetches only what is still missing (that
+   is how an interrupted run resumes).
 
 Tricky bits:
 
@@ -26,37 +27,56 @@ Tricky bits:
   :class:`~pypds.errors.IntegrityError` (or are reported as failed, for a
   blob); imports are single transactions, so a local copy stays exactly
   as it was, and a failed first download leaves no directory behind.
+* No rollback. An existing copy only ever moves to a commit whose rev is
+  newer than its HEAD, on every path (diff, full CAR, the fallback from one
+  to the other), checked inside the import transaction so that a
+  concurrent update cannot slip in between; anything else raises
+  :class:`~pypds.errors.RollbackRefused` (the same commit is "unchanged").
+  A missing rev (a version 2 commit) is older than any rev.
+* Bounded in every direction: CAR bytes (``max_car_bytes``), blob bytes
+  (``max_blob_bytes``, never held in memory), listBlobs pages and CIDs
+  (relative to the blobs the records reference), the slowest transfer
+  rate and an optional overall deadline (:class:`~pypds.xrpc.Pace`), and
+  where connections go (:class:`~pypds.xrpc.AddressPolicy`: a PDS at a
+  non-public address needs ``allow_private_network``).
 * Retries (``retries``, exponential ``backoff``) cover what can succeed
-  later: no connection, timeouts, 5xx and 429. A 4xx or a failed check is
-  final at once. A CAR cut half way is fetched again from the start.
+  later: no connection, timeouts, too slow transfers, 5xx and 429. A 4xx
+  or a failed check is final at once. A CAR cut half way is fetched again
+  from the start.
+* Temporary CARs are locked (``flock``) while a download uses them; a later
+  run removes those no live process holds (left by a killed run).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
-from collections.abc import Callable
-from contextlib import AsyncExitStack
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from .blobs import BlobStore
 from .car import CarReader
-from .cid import CID, RAW_PREFIX, cid_for_raw, parse_cid
-from .commit import decode_commit
+from .cid import CID, RAW_PREFIX, parse_cid
+from .commit import decode_commit, rev_is_newer
 from .errors import (
-    BlockHashMismatch,
+    DeadlineExceeded,
     DidMismatch,
     InvalidCid,
     InvalidInput,
+    ListingTooLong,
     MissingBlock,
     NetworkError,
     PypdsError,
     RemoteError,
-    ResponseTooLarge,
+    RollbackRefused,
     shown,
 )
 from .files import TEMP_PREFIX
@@ -64,17 +84,31 @@ from .identity import Identity, ResolverConfig, resolve_async
 from .limits import DEFAULT_LIMITS, Limits
 from .repo import Repo
 from .syntax import is_valid_tid
-from .xrpc import XrpcClient, new_session, read_capped, retrying
+from .xrpc import MIN_RATE, RATE_WINDOW, Pace, XrpcClient, iter_body, new_session
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["BlobFailure", "DownloadReport", "Progress", "download", "download_async"]
 
-#: Largest repository CAR accepted from a PDS.
+#: Largest repository CAR accepted from a PDS (it is spooled to a temporary file, not held in memory).
 MAX_CAR_BYTES = 16 << 30
-#: Largest blob accepted from a PDS.
+#: Largest blob accepted from a PDS (streamed to a temporary file, not held in memory).
 MAX_BLOB_BYTES = 1 << 30
-#: CIDs asked for per listBlobs page (the lexicon's maximum).
+#: CIDs asked for per listBlobs page (the lexicon's maximum); a longer page is refused.
 LIST_BLOBS_PAGE = 1000
-_CHUNK = 1 << 16
+#: listBlobs may name at most this many CIDs per blob the records reference (locally stored or
+#: missing), plus LIST_BLOBS_SLACK; pages must hold LIST_BLOBS_MIN_AVERAGE CIDs on average.
+LIST_BLOBS_FACTOR = 2
+LIST_BLOBS_SLACK = 1000
+LIST_BLOBS_MIN_AVERAGE = 100
+#: Temporary CARs of other downloads are left alone for this many seconds, then removed
+#: unless a live process holds their lock (or, without flock, once STALE_UNLOCKED_CAR_SECONDS old).
+STALE_CAR_SECONDS = 60.0
+STALE_UNLOCKED_CAR_SECONDS = 24 * 3600.0
+_CAR_PATTERN = f"{TEMP_PREFIX}pypds-download-*.car"
 
 #: ``progress(stage, done, total)``: stage ``"repo"`` counts CAR bytes (total
 #: from Content-Length, or None), stage ``"blobs"`` counts blobs handled.
@@ -97,8 +131,9 @@ class DownloadReport:
     """What :func:`download` did.
 
     ``action`` is ``"created"`` (a new copy), ``"updated"`` (a diff applied),
-    ``"replaced"`` (a full CAR imported into an existing copy) or
-    ``"unchanged"`` (the copy was already at the PDS's latest commit).
+    ``"replaced"`` (a full CAR of a newer commit imported into an existing
+    copy) or ``"unchanged"`` (the copy was already at the commit the PDS
+    offers).
     """
 
     identity: Identity
@@ -149,6 +184,9 @@ def download(
     concurrency: int = 4,
     max_car_bytes: int = MAX_CAR_BYTES,
     max_blob_bytes: int = MAX_BLOB_BYTES,
+    min_rate: float = MIN_RATE,
+    rate_window: float = RATE_WINDOW,
+    deadline: float | None = None,
     limits: Limits = DEFAULT_LIMITS,
 ) -> DownloadReport:
     """Download the repository of ``identifier`` (handle or DID) into the directory ``path``.
@@ -156,16 +194,23 @@ def download(
     ``since=True`` updates an existing copy with a diff CAR (a missing copy
     is downloaded whole); ``blobs=True`` also fetches every blob not yet
     stored. ``retries`` bounds the retries of each request (``backoff``
-    seconds, doubling); ``concurrency`` blobs are fetched at once.
+    seconds, doubling); ``concurrency`` blobs are fetched at once. Every
+    response body must arrive at ``min_rate`` bytes/s or more on average
+    over each ``rate_window`` seconds (0: no minimum); ``deadline`` (seconds,
+    None for none) bounds the whole download's network time. A PDS at a
+    non-public address needs ``config.allow_private_network``.
 
     Raises :class:`~pypds.errors.ResolveError` (identity),
     :class:`~pypds.errors.RemoteError` (the PDS said no),
-    :class:`~pypds.errors.NetworkError` (unreachable after retries),
+    :class:`~pypds.errors.NetworkError` (unreachable after retries, too
+    slow, past the deadline, a refused address),
     :class:`~pypds.errors.IntegrityError` (tampered or corrupt data: bad
-    block, bad signature, DID mismatch) or
-    :class:`~pypds.errors.LimitExceeded`; the local copy is then unchanged.
-    Blob failures do not raise: see :attr:`DownloadReport.blobs_failed`.
-    Runs its own event loop: inside one, use :func:`download_async`.
+    block, bad signature, DID mismatch, or
+    :class:`~pypds.errors.RollbackRefused` for a commit not newer than the
+    copy's HEAD) or :class:`~pypds.errors.LimitExceeded`; the local copy is
+    then unchanged. Blob failures do not raise: see
+    :attr:`DownloadReport.blobs_failed`. Runs its own event loop: inside
+    one, use :func:`download_async`.
     """
     return asyncio.run(
         download_async(
@@ -180,6 +225,9 @@ def download(
             concurrency=concurrency,
             max_car_bytes=max_car_bytes,
             max_blob_bytes=max_blob_bytes,
+            min_rate=min_rate,
+            rate_window=rate_window,
+            deadline=deadline,
             limits=limits,
         )
     )
@@ -198,24 +246,35 @@ async def download_async(
     concurrency: int = 4,
     max_car_bytes: int = MAX_CAR_BYTES,
     max_blob_bytes: int = MAX_BLOB_BYTES,
+    min_rate: float = MIN_RATE,
+    rate_window: float = RATE_WINDOW,
+    deadline: float | None = None,
     limits: Limits = DEFAULT_LIMITS,
     session: aiohttp.ClientSession | None = None,
 ) -> DownloadReport:
-    """:func:`download` as a coroutine; reuses ``session`` when given."""
+    """:func:`download` as a coroutine.
+
+    Reuses ``session`` when given: its connector then decides where host
+    names connect (the address policy checks only IP literals); a session
+    from :func:`pypds.xrpc.new_session` with ``config.address_policy()``
+    checks resolved addresses too.
+    """
     if concurrency < 1:
         raise InvalidInput(f"concurrency must be at least 1: {concurrency}")
+    pace = Pace.within(deadline, min_rate=min_rate, window=rate_window)
     config = config or ResolverConfig()
     target = Path(path)
     if target.exists() and not target.is_dir():
         raise InvalidInput(f"{target} is a file, not a repository directory")
     async with AsyncExitStack() as stack:
         if session is None:
-            session = await stack.enter_async_context(new_session(config.timeout))
-        identity = await resolve_async(identifier, config=config, session=session)
+            session = await stack.enter_async_context(new_session(config.timeout, policy=config.address_policy()))
+        identity = await _resolve(identifier, config, session, pace)
+        config.address_policy().check_url(identity.pds, f"the PDS of {identity.did}")
         job = _Download(
             identity,
             target,
-            XrpcClient(session, identity.pds, retries=retries, backoff=backoff),
+            XrpcClient(session, identity.pds, retries=retries, backoff=backoff, pace=pace),
             progress=progress or _no_progress,
             concurrency=concurrency,
             max_car_bytes=max_car_bytes,
@@ -224,6 +283,15 @@ async def download_async(
         )
         return await job.run(blobs=blobs, since=since)
     raise AssertionError("unreachable")
+
+
+async def _resolve(identifier: str, config: ResolverConfig, session: aiohttp.ClientSession, pace: Pace) -> Identity:
+    """Resolve within what is left of the deadline (resolution touches nothing local)."""
+    try:
+        async with asyncio.timeout(pace.remaining()):
+            return await resolve_async(identifier, config=config, session=session)
+    except TimeoutError:
+        raise DeadlineExceeded(f"resolving {identifier}: the download's deadline has passed") from None
 
 
 def _no_progress(_stage: str, _done: int, _total: int | None) -> None:
@@ -293,27 +361,38 @@ class _Download:
         if repo.did != self.did:
             raise DidMismatch(f"{self.target} holds the repository of {repo.did}, not {self.did}")
         latest = await self._latest_commit()
-        if latest is not None and latest == repo.head:
-            return self._report(repo, "unchanged", 0)
+        if latest is not None:
+            cid, rev = latest
+            if cid == repo.head:
+                return self._report(repo, "unchanged", 0)
+            if not rev_is_newer(rev, repo.rev):  # refused before downloading the older CAR
+                raise RollbackRefused(cid, rev, repo.head, repo.rev, source=f"the PDS {self.client.base_url}")
+        try:
+            return await self._import(repo, since)
+        except RollbackRefused as exc:  # raised inside the import transaction: nothing changed
+            if exc.offered == exc.head:
+                return self._report(repo, "unchanged", 0)
+            source = f"the PDS {self.client.base_url}"
+            raise RollbackRefused(exc.offered, exc.offered_rev, exc.head, exc.head_rev, source=source) from None
+
+    async def _import(self, repo: Repo, since: bool) -> DownloadReport:
+        """The diff after the copy's rev (with ``since``), else or failing that the full CAR;
+        either way only a commit newer than HEAD is taken."""
         key = self.identity.signing_key
         if since:
             try:
                 size, blocks = await self._fetch_car(repo.rev, lambda car: repo.apply_car(car, key=key))
-                report = self._report(repo, "updated", size)
-                report.blocks = blocks
-                return report
+                return self._report(repo, "updated", size, blocks)
             except MissingBlock:
                 pass  # the diff needs blocks this copy lacks: take the whole repository
-        size, blocks = await self._fetch_car(None, lambda car: repo.import_car(car, key=key))
-        report = self._report(repo, "replaced", size)
-        report.blocks = blocks
-        return report
+        size, blocks = await self._fetch_car(None, lambda car: repo.import_car(car, key=key, require_newer=True))
+        return self._report(repo, "replaced", size, blocks)
 
-    def _report(self, repo: Repo, action: str, size: int) -> DownloadReport:
-        return DownloadReport(self.identity, self.target, action, repo.head, repo.rev, car_bytes=size)
+    def _report(self, repo: Repo, action: str, size: int, blocks: int = 0) -> DownloadReport:
+        return DownloadReport(self.identity, self.target, action, repo.head, repo.rev, car_bytes=size, blocks=blocks)
 
-    async def _latest_commit(self) -> CID | None:
-        """The PDS's current commit CID, or None if it does not implement getLatestCommit."""
+    async def _latest_commit(self) -> tuple[CID, str] | None:
+        """The PDS's current commit CID and rev, or None if it does not implement getLatestCommit."""
         try:
             answer = await self.client.query_json("com.atproto.sync.getLatestCommit", {"did": self.did})
         except RemoteError as exc:
@@ -325,37 +404,27 @@ class _Download:
         except PypdsError:
             cid_text = shown(answer.get("cid"))
             raise NetworkError(f"getLatestCommit of {self.did} answered an invalid cid {cid_text}") from None
-        if not is_valid_tid(answer.get("rev")):  # type: ignore[arg-type]
-            raise NetworkError(f"getLatestCommit of {self.did} answered an invalid rev {shown(answer.get('rev'))}")
-        return cid
+        rev = answer.get("rev")
+        if not is_valid_tid(rev):  # type: ignore[arg-type]
+            raise NetworkError(f"getLatestCommit of {self.did} answered an invalid rev {shown(rev)}")
+        return cid, rev  # type: ignore[return-value]
 
     async def _fetch_car(self, since: str | None, consume: Callable[[Path], Any]) -> tuple[int, Any]:
         """Stream getRepo (the diff after ``since``, or everything) to a temporary file and
         hand it to ``consume`` (in a worker thread); returns (CAR bytes, what consume returned)."""
         params = {"did": self.did} if since is None else {"did": self.did, "since": since}
-        car = _temp_path(self.target)
-        try:
-            size = await retrying(
-                lambda: self._stream_to(car, params),
-                what=f"getRepo of {self.did} from {self.client.base_url}",
-                retries=self.client.retries,
-                backoff=self.client.backoff,
-            )
+        with _temp_car(self.target) as car:
+            what = f"getRepo of {self.did} from {self.client.base_url}"
+            size = await self.client.retrying(lambda: self._stream_to(car, params), what=what)
             return size, await asyncio.to_thread(consume, car)
-        finally:
-            car.unlink(missing_ok=True)
 
     async def _stream_to(self, car: Path, params: dict[str, str]) -> int:
         async with self.client.open("com.atproto.sync.getRepo", params) as response:
             total = response.content_length
-            if total is not None and total > self.max_car_bytes:
-                raise ResponseTooLarge("max_car_bytes", total, self.max_car_bytes, str(response.url))
             size = 0
             with open(car, "wb") as out:
-                async for chunk in response.content.iter_chunked(_CHUNK):
+                async for chunk in iter_body(response, self.max_car_bytes, "max_car_bytes", pace=self.client.pace):
                     size += len(chunk)
-                    if size > self.max_car_bytes:
-                        raise ResponseTooLarge("max_car_bytes", size, self.max_car_bytes, str(response.url))
                     out.write(chunk)
                     self.progress("repo", size, total)
         return size
@@ -364,17 +433,19 @@ class _Download:
 
     async def _blobs(self, repo: Repo, report: DownloadReport) -> None:
         local = {cid.cid_bytes for cid in await asyncio.to_thread(repo.list_blobs)}
-        remote = await self._list_blobs()
+        referenced = len(local) + len(await asyncio.to_thread(repo.missing_blobs))
+        remote = await self._list_blobs(LIST_BLOBS_FACTOR * referenced + LIST_BLOBS_SLACK)
         missing = [cid for cid in remote if cid.cid_bytes not in local]
         report.blobs_listed = len(remote)
         report.blobs_present = len(remote) - len(missing)
         todo = iter(missing)
         done = [0]
         self.progress("blobs", 0, len(missing))
+        store = BlobStore(repo.path / "blobs")
 
         async def worker() -> None:
             for cid in todo:
-                failure = await self._fetch_blob_safely(repo, cid)
+                failure = await self._fetch_blob_safely(store, cid)
                 if failure is None:
                     report.blobs_fetched.append(cid)
                 else:
@@ -386,53 +457,62 @@ class _Download:
         report.blobs_fetched.sort(key=CID.encode)
         report.blobs_failed.sort(key=lambda failure: failure.cid.encode())
 
-    async def _list_blobs(self) -> list[CID]:
-        """Every blob CID the PDS lists for the DID, in its order, without repeats."""
+    async def _list_blobs(self, max_cids: int) -> list[CID]:
+        """Every blob CID the PDS lists for the DID, in its order, without repeats.
+
+        Bounded: a page may hold at most the CIDs asked for, all pages together
+        at most ``max_cids`` (repeats count), and there may be at most one page
+        per LIST_BLOBS_MIN_AVERAGE of those (plus two); past a bound,
+        :class:`ListingTooLong`. A repeated cursor ends the listing.
+        """
+        where = f"listBlobs of {self.did} from {self.client.base_url}"
+        max_pages = max_cids // LIST_BLOBS_MIN_AVERAGE + 2
         found: dict[bytes, CID] = {}
         cursor: str | None = None
         seen: set[str] = set()
-        while True:
+        received = 0
+        for pages in range(1, max_pages + 2):
+            if pages > max_pages:
+                raise ListingTooLong("list_blobs_pages", pages, max_pages, where)
             params = {"did": self.did, "limit": str(LIST_BLOBS_PAGE)}
             if cursor is not None:
                 params["cursor"] = cursor
             page = await self.client.query_json("com.atproto.sync.listBlobs", params)
             cids = page.get("cids")
             if not isinstance(cids, list):
-                raise NetworkError(f"listBlobs of {self.did} answered without a cids list")
+                raise NetworkError(f"{where} answered without a cids list")
+            if len(cids) > LIST_BLOBS_PAGE:
+                raise ListingTooLong("list_blobs_page", len(cids), LIST_BLOBS_PAGE, f"{where} (the limit asked for)")
+            received += len(cids)
+            if received > max_cids:
+                bound = f"{where} ({LIST_BLOBS_FACTOR} per blob the records reference, plus {LIST_BLOBS_SLACK})"
+                raise ListingTooLong("max_listed_blobs", received, max_cids, bound)
             for text in cids:
                 cid = _blob_cid(text, self.did)
                 found.setdefault(cid.cid_bytes, cid)
             cursor = page.get("cursor")
             if not cids or not isinstance(cursor, str) or not cursor or cursor in seen:
-                return list(found.values())
+                break
             seen.add(cursor)
+        return list(found.values())
 
-    async def _fetch_blob_safely(self, repo: Repo, cid: CID) -> BlobFailure | None:
+    async def _fetch_blob_safely(self, store: BlobStore, cid: CID) -> BlobFailure | None:
         try:
-            await retrying(
-                lambda: self._fetch_blob(repo, cid),
-                what=f"getBlob {cid.encode()}",
-                retries=self.client.retries,
-                backoff=self.client.backoff,
-            )
+            await self.client.retrying(lambda: self._fetch_blob(store, cid), what=f"getBlob {cid.encode()}")
         except PypdsError as exc:
             return BlobFailure(cid, exc)
         return None
 
-    async def _fetch_blob(self, repo: Repo, cid: CID) -> None:
+    async def _fetch_blob(self, store: BlobStore, cid: CID) -> None:
+        """Stream one blob to a temporary file, hashing it; it is moved into place only if it matches."""
         if cid.cid_bytes[:4] != RAW_PREFIX:
             raise InvalidCid(f"listBlobs named {cid.encode()}, which is not a blob (raw) CID")
         params = {"did": self.did, "cid": cid.encode()}
-        async with self.client.open("com.atproto.sync.getBlob", params) as response:
-            data = await read_capped(response, self.max_blob_bytes, "max_blob_bytes")
-            mime = response.content_type or "application/octet-stream"
-        if cid_for_raw(data) != cid:
-            raise BlockHashMismatch(
-                f"blob {cid.encode()} from {self.client.base_url}: {len(data)} bytes do not hash to its CID"
-            )
-        stored = await asyncio.to_thread(repo.put_blob, data, mime if "/" in mime else "application/octet-stream")
-        if stored.cid != cid:  # put_blob hashes again: cannot differ, but never store under a wrong name
-            raise BlockHashMismatch(f"blob {cid.encode()} was stored as {stored.cid.encode()}")
+        with store.receive(cid) as incoming:
+            async with self.client.open("com.atproto.sync.getBlob", params) as response:
+                async for chunk in iter_body(response, self.max_blob_bytes, "max_blob_bytes", pace=self.client.pace):
+                    incoming.write(chunk)
+            await asyncio.to_thread(incoming.finish)
 
 
 def _blob_cid(text: object, did: str) -> CID:
@@ -444,12 +524,70 @@ def _blob_cid(text: object, did: str) -> CID:
         raise NetworkError(f"listBlobs of {did} answered an invalid CID: {exc}") from None
 
 
-def _temp_path(target: Path) -> Path:
-    """A temporary CAR path in the nearest existing directory at or above ``target``'s parent."""
+# -- temporary CARs --------------------------------------------------------------------------
+
+
+@contextmanager
+def _temp_car(target: Path) -> Iterator[Path]:
+    """A new temporary CAR path beside ``target``, locked for as long as it is in use, removed after.
+
+    Stale ones left by killed runs in the same directory are removed first.
+    """
+    directory = _temp_dir(target)
+    remove_stale_cars(directory)
+    path = directory / f"{TEMP_PREFIX}pypds-download-{target.name}-{secrets.token_hex(6)}.car"
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        if fcntl is not None:  # without locks on this file system, others cannot lock it either: it stays
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock; a cleaner removing the file first is harmless
+        path.unlink(missing_ok=True)
+
+
+def _temp_dir(target: Path) -> Path:
+    """The nearest existing directory at or above ``target``'s parent."""
     directory = target.absolute().parent
     while not directory.is_dir():
         directory = directory.parent
-    return directory / f"{TEMP_PREFIX}pypds-download-{target.name}-{secrets.token_hex(6)}.car"
+    return directory
+
+
+def remove_stale_cars(directory: Path, *, grace: float = STALE_CAR_SECONDS) -> int:
+    """Remove the temporary CARs of downloads that are no longer running; returns how many.
+
+    A CAR younger than ``grace`` seconds is left alone (its download may be
+    starting); an older one goes if no process holds its lock. Where
+    ``flock`` does not exist, only CARs older than a day go.
+    """
+    removed = 0
+    cutoff = time.time() - (grace if fcntl is not None else max(grace, STALE_UNLOCKED_CAR_SECONDS))
+    for path in directory.glob(_CAR_PATTERN):
+        try:
+            if path.stat().st_mtime >= cutoff:
+                continue
+        except FileNotFoundError:
+            continue
+        removed += _remove_if_unlocked(path)
+    return removed
+
+
+def _remove_if_unlocked(path: Path) -> int:
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return 0
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while a live download holds it
+        path.unlink()
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+    return 1
 
 
 def _check_car_did(car: Path, did: str) -> None:

@@ -23,6 +23,7 @@ key or byte offset at fault.
     │   ├── InvalidCommit       commit object malformed
     │   ├── BadSignature        commit signature does not verify
     │   ├── DidMismatch         commit belongs to another repository
+    │   ├── RollbackRefused     a commit not newer than HEAD would move a copy back
     │   └── InvalidCommitMessage  a firehose #commit does not check out
     ├── NotFound
     │   ├── RecordNotFound
@@ -140,6 +141,35 @@ class DidMismatch(IntegrityError):
     """A commit's DID is not the repository's DID."""
 
 
+class RollbackRefused(IntegrityError):
+    """A commit offered as an update is not newer than HEAD: taking it would move the repository back.
+
+    ``offered`` / ``offered_rev`` are the refused commit and its rev (None for
+    a commit without one), ``head`` / ``head_rev`` what the repository holds.
+    A missing rev counts as older than any rev. Moving back is only ever an
+    explicit action: ``Repo.set_head`` (``pypds head --set``) to a stored
+    commit, or ``Repo.import_car`` (``pypds import``) of the older CAR.
+    """
+
+    def __init__(
+        self, offered: object, offered_rev: str | None, head: object, head_rev: str | None, *, source: str = "the CAR"
+    ) -> None:
+        super().__init__(
+            f"refusing to move HEAD back: {source} offers commit {_cid_text(offered)} (rev {offered_rev or 'none'}), "
+            f"not newer than HEAD {_cid_text(head)} (rev {head_rev or 'none'}); to move back on purpose, "
+            "use `pypds head PATH --set CID` for a stored commit or `pypds import PATH CAR`"
+        )
+        self.offered = offered
+        self.offered_rev = offered_rev
+        self.head = head
+        self.head_rev = head_rev
+
+
+def _cid_text(cid: object) -> str:
+    encode = getattr(cid, "encode", None)
+    return encode() if callable(encode) and not isinstance(cid, str) else str(cid)
+
+
 class InvalidCommitMessage(IntegrityError):
     """A firehose ``#commit`` message is inconsistent with its own blocks."""
 
@@ -204,11 +234,15 @@ class RepoBusy(RepoStateError):
 #   ├── InvalidInput
 #   │   └── InvalidHandle       a handle has invalid syntax
 #   ├── LimitExceeded
-#   │   └── ResponseTooLarge    (also a NetworkError) a response passed its size cap
+#   │   ├── ResponseTooLarge    (also a NetworkError) a response passed its size cap
+#   │   └── ListingTooLong      (also a NetworkError) a paged listing passed its bound
 #   └── NetworkError            a network operation failed (connection, timeout, bad answer)
 #       ├── ResolveError        a handle or DID cannot be resolved, or its document is unusable
 #       │   └── HandleMismatch  the DID document does not claim the handle it was reached from
-#       └── RemoteError         a server answered with an error (XRPC name and HTTP status)
+#       ├── RemoteError         a server answered with an error (XRPC name and HTTP status)
+#       ├── AddressRefused      a network-learned endpoint is a non-public address
+#       ├── TransferTooSlow     a response arrived slower than the minimum rate
+#       └── DeadlineExceeded    the overall deadline of a download passed
 
 
 class InvalidHandle(InvalidInput):
@@ -241,3 +275,21 @@ class RemoteError(NetworkError):
 
 class ResponseTooLarge(LimitExceeded, NetworkError):
     """A response body is larger than the cap set for it."""
+
+
+class ListingTooLong(LimitExceeded, NetworkError):
+    """A paged listing from a server (``listBlobs``) passed the bound set for it: pages or entries."""
+
+
+class AddressRefused(NetworkError):
+    """An endpoint learned from the network (a DID document's PDS, a did:web or handle host, a
+    redirect, a host name's resolved address) is not a public address, and private networks
+    were not allowed (``allow_private_network``)."""
+
+
+class TransferTooSlow(NetworkError):
+    """A response body arrived slower, on average, than the minimum transfer rate."""
+
+
+class DeadlineExceeded(NetworkError):
+    """A download did not finish its network transfers within its overall deadline."""

@@ -31,6 +31,12 @@ Tricky bits:
 * Everything is configurable (:class:`ResolverConfig`) so tests and private
   deployments can point the PLC directory, DNS and the HTTPS lookups at any
   address, for example loopback stubs.
+* Addresses learned from the network (did:web and handle hosts, redirects,
+  the addresses host names resolve to) must be public unless
+  ``allow_private_network`` is set: a hostile document must not turn a
+  lookup into a request to the local network (:class:`~pypds.xrpc.AddressPolicy`).
+  The ``plc_url`` and a fixed ``web_base`` are the user's choice and trusted.
+  Redirects (at most 5) are followed here, each hop checked.
 """
 
 from __future__ import annotations
@@ -50,11 +56,12 @@ import dns.exception
 import dns.nameserver
 import dns.resolver
 from multiformats import multibase
+from yarl import URL
 
 from .errors import HandleMismatch, InvalidDid, InvalidHandle, InvalidInput, NetworkError, ResolveError, shown
 from .keys import PublicKey, parse_did_key
 from .syntax import check_did, is_valid_did
-from .xrpc import json_object, new_session, read_capped, small_answer_timeout
+from .xrpc import AddressPolicy, json_object, new_session, read_capped, small_answer_timeout
 
 __all__ = [
     "DEFAULT_PLC_URL",
@@ -79,6 +86,8 @@ _MAX_HANDLE_LENGTH = 253
 _PDS_SERVICE = ("#atproto_pds", "AtprotoPersonalDataServer")
 _KEY_ID = "#atproto"
 _MULTIKEY_TYPES = {"Multikey"}
+_REDIRECTS = (301, 302, 303, 307, 308)
+_MAX_REDIRECTS = 5
 _LEGACY_KEY_TYPES = {
     "EcdsaSecp256k1VerificationKey2019": "k256",
     "EcdsaSecp256r1VerificationKey2019": "p256",
@@ -111,6 +120,10 @@ class ResolverConfig:
     * ``dns`` / ``well_known``: turn either handle lookup off.
     * ``verify_handle``: when resolving a DID, check that the handle its
       document claims resolves back to it.
+    * ``allow_private_network``: connect to non-public addresses (loopback,
+      private, link-local...) learned from the network: a did:web or handle
+      host, a redirect, a DID document's PDS. Off by default; the hosts of
+      ``plc_url`` and of a fixed ``web_base`` are always allowed.
     """
 
     plc_url: str = field(default_factory=_default_plc_url)
@@ -121,6 +134,7 @@ class ResolverConfig:
     dns: bool = True
     well_known: bool = True
     verify_handle: bool = True
+    allow_private_network: bool = False
 
     def __post_init__(self) -> None:
         """Refuse unusable settings at once, with :class:`InvalidInput` naming the field."""
@@ -145,6 +159,14 @@ class ResolverConfig:
         if "{host}" in base:
             return base.replace("{host}", host).rstrip("/") + path, {}
         return base.rstrip("/") + path, {"Host": host}
+
+    def address_policy(self) -> AddressPolicy:
+        """Where connections may go: public addresses, the user-given ``plc_url`` and fixed
+        ``web_base``, and anything with ``allow_private_network``."""
+        chosen = [self.plc_url]
+        if isinstance(self.web_base, str) and "{host}" not in self.web_base:
+            chosen.append(self.web_base)
+        return AddressPolicy.trusting(chosen, allow_private=self.allow_private_network)
 
 
 @dataclass(frozen=True)
@@ -201,7 +223,7 @@ async def resolve_async(
     config = config or ResolverConfig()
     if session is not None:
         return await _Resolver(config, session).identity(identifier)
-    async with new_session(config.timeout) as own:
+    async with new_session(config.timeout, policy=config.address_policy()) as own:
         return await _Resolver(config, own).identity(identifier)
 
 
@@ -310,6 +332,7 @@ class _Resolver:
     def __init__(self, config: ResolverConfig, session: aiohttp.ClientSession) -> None:
         self.config = config
         self.session = session
+        self.policy = config.address_policy()
 
     async def identity(self, identifier: str) -> Identity:
         if not isinstance(identifier, str) or not identifier:
@@ -447,21 +470,52 @@ class _Resolver:
         return await self._fetch(url, headers)
 
     async def _fetch(self, url: str, headers: dict[str, str]) -> tuple[int, bytes, str]:
-        """GET ``url``: (status, body capped at max_doc_bytes, url). Transport failures are ResolveError."""
-        if urlsplit(url).scheme not in ("http", "https"):
-            raise ResolveError(f"cannot fetch {shown(url)}: only http and https URLs are used")
+        """GET ``url``, following at most 5 redirects (each checked against the address policy):
+        (status, body capped at max_doc_bytes, url). Transport failures are ResolveError."""
+        first = url
         try:
-            timeout = small_answer_timeout(self.session)
-            async with self.session.get(url, headers=headers, max_redirects=5, timeout=timeout) as response:
-                if response.status != 200:
-                    return response.status, b"", url
-                return 200, await read_capped(response, self.config.max_doc_bytes, "max_doc_bytes"), url
+            for _hop in range(_MAX_REDIRECTS + 1):
+                status, body, location = await self._get_once(url, headers)
+                if location is None:
+                    return status, body, url
+                if _origin(location) != _origin(url):  # a fixed web base's Host header stays on its origin only
+                    headers = {}
+                url = location
+            raise ResolveError(f"fetching {first}: more than {_MAX_REDIRECTS} redirects")
+        except ResolveError:
+            raise
         except NetworkError as exc:
             raise ResolveError(f"fetching {url}: {exc}") from exc
         except TimeoutError:
             raise ResolveError(f"fetching {url} timed out after {self.config.timeout} s") from None
         except aiohttp.ClientError as exc:
             raise ResolveError(f"fetching {url} failed: {exc or type(exc).__name__}") from None
+
+    async def _get_once(self, url: str, headers: dict[str, str]) -> tuple[int, bytes, str | None]:
+        """One GET: (status, body if 200, the redirect target if it is a redirect)."""
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise ResolveError(f"cannot fetch {shown(url)}: only http and https URLs are used")
+        self.policy.check_url(url, "lookup URL")
+        timeout = small_answer_timeout(self.session)
+        async with self.session.get(url, headers=headers, allow_redirects=False, timeout=timeout) as response:
+            location = response.headers.get("Location")
+            if response.status in _REDIRECTS and location:
+                return response.status, b"", _redirect_target(response, location)
+            if response.status != 200:
+                return response.status, b"", None
+            return 200, await read_capped(response, self.config.max_doc_bytes, "max_doc_bytes"), None
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parsed = URL(url)
+    return parsed.scheme, parsed.raw_host, parsed.port
+
+
+def _redirect_target(response: aiohttp.ClientResponse, location: str) -> str:
+    try:
+        return str(response.url.join(URL(location)))
+    except ValueError:
+        raise ResolveError(f"{response.url} redirects to an invalid URL {shown(location)}") from None
 
 
 def _web_host(did: str) -> str:

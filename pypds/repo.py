@@ -29,16 +29,16 @@ from .blockstore import BlockStore
 from .car import CarSource, CarWriter, write_car_file
 from .car_import import StreamedCar
 from .cid import CID, parse_cid
-from .commit import Commit, decode_commit, rev_key, sign_commit
+from .commit import Commit, decode_commit, rev_is_newer, rev_key, sign_commit
 from .errors import (
     DidMismatch,
-    InvalidCommit,
     InvalidInput,
     MissingBlock,
     NotFound,
     RecordNotFound,
     RefNotFound,
     RepoClosed,
+    RollbackRefused,
     SigningKeyRequired,
     shown,
 )
@@ -676,7 +676,13 @@ class Repo:
     # -- CAR import and export -------------------------------------------------
 
     @_public
-    def import_car(self, source: CarSource, *, key: PublicKey | SigningKey | str | None = None) -> int:
+    def import_car(
+        self,
+        source: CarSource,
+        *,
+        key: PublicKey | SigningKey | str | None = None,
+        require_newer: bool = False,
+    ) -> int:
         """Import a full repository CAR for this DID and move HEAD to its commit.
 
         Every block's hash, the commit, the whole MST (structure and
@@ -688,11 +694,17 @@ class Repo:
         HEAD moves to the CAR's commit even if its rev is older than the
         current one (restoring a backup); older blocks stay, and the revs of
         later local commits still increase past every rev this repo has seen.
+        With ``require_newer=True`` (what a download uses) a commit not newer
+        than HEAD raises :class:`RollbackRefused` instead, checked inside the
+        transaction so that a concurrent update cannot slip in between.
         """
         store = self._store_or_raise()
         with StreamedCar(source, self._limits) as streamed:
             commit = streamed.commit()
             with store.transaction():
+                if require_newer:
+                    self._refresh()
+                    _refuse_rollback(streamed.root, commit.rev, self._head, self._rev or None)
                 count = self._import_streamed(streamed, commit, key)
         self._refresh(force=True)
         return count
@@ -712,11 +724,7 @@ class Repo:
             commit = streamed.commit()
             with store.transaction():
                 self._refresh()
-                if rev_key(commit.rev) <= self._rev:
-                    raise InvalidCommit(
-                        f"CAR commit {streamed.root.encode()} ({commit.label}) is not newer than HEAD's "
-                        f"{self._head_label()}"
-                    )
+                _refuse_rollback(streamed.root, commit.rev, self._head, self._rev or None)
                 count = self._import_streamed(streamed, commit, key, held=store.get_block, prev=self._head)
         self._refresh(force=True)
         return count
@@ -1025,6 +1033,11 @@ class _Written(NamedTuple):
     commit: CID
     rev: str
     nodes: list[Node]
+
+
+def _refuse_rollback(offered: CID, offered_rev: str | None, head: CID, head_rev: str | None) -> None:
+    if not rev_is_newer(offered_rev, head_rev):  # a missing rev (version 2) is older than any rev
+        raise RollbackRefused(offered, offered_rev, head, head_rev)
 
 
 def _unpersisted_nodes(root: Node) -> list[Node]:

@@ -311,13 +311,15 @@ def did_document(
 
 
 def stub_config(web_stub: WebStub, dns_stub: DnsStub | None = None, **overrides: Any) -> ResolverConfig:
-    """A resolver config sending every lookup to the stubs (and nowhere else)."""
+    """A resolver config sending every lookup to the stubs (and nowhere else), opted in to
+    loopback PDS endpoints (``allow_private_network=False`` to test the address policy)."""
     settings: dict[str, Any] = {
         "plc_url": web_stub.url,
         "web_base": web_stub.url,
         "nameservers": (dns_stub.address,) if dns_stub is not None else (),
         "dns": dns_stub is not None,
         "timeout": 2.0,
+        "allow_private_network": True,
     }
     settings.update(overrides)
     return ResolverConfig(**settings)

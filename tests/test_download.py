@@ -9,7 +9,10 @@ the local copy as it was.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import io
+import itertools
 import json
 import os
 import re
@@ -26,18 +29,27 @@ import pytest
 from aiohttp import web
 
 from pypds import (
+    AddressRefused,
     BadSignature,
     BlockHashMismatch,
+    CarWriter,
+    DeadlineExceeded,
     DidMismatch,
     InvalidInput,
+    ListingTooLong,
     NetworkError,
     RemoteError,
     Repo,
     ResponseTooLarge,
+    RollbackRefused,
+    TransferTooSlow,
+    cid_for_cbor,
+    cid_for_raw,
     download,
     generate_signing_key,
 )
 from pypds.cli import main
+from pypds.commit import rev_is_newer
 from pypds.server import make_app
 
 from .conftest import DID, POST, post
@@ -199,6 +211,19 @@ def test_a_diff_that_needs_blocks_the_copy_lacks_falls_back_to_the_full_car(sour
 # -- through the command line ----------------------------------------------------------------------
 
 
+def cli_args(world) -> list[str]:
+    """Options pointing ``pypds download`` at the stubs, opted in to the loopback PDS."""
+    return [
+        "--plc-url",
+        world.web.url,
+        "--web-base",
+        world.web.url,
+        "--dns",
+        world.dns.address,
+        "--allow-private-network",
+    ]
+
+
 def start_cli_server(path: Path) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "pypds.cli", "serve", str(path), "--port", "0"]
@@ -217,7 +242,7 @@ def test_pypds_serve_and_pypds_download_end_to_end(source, tmp_path, capsys):
     try:
         publish(source, url)
         copy = tmp_path / "copy"
-        common = ["--plc-url", source.web.url, "--web-base", source.web.url, "--dns", source.dns.address, "--json"]
+        common = [*cli_args(source), "--json"]
         assert main(["download", HANDLE, "-o", str(copy), "--blobs", *common]) == 0
         report = json.loads(capsys.readouterr().out)
         assert report["action"] == "created" and report["did"] == DID and report["pds"] == url
@@ -234,7 +259,7 @@ def test_pypds_serve_and_pypds_download_end_to_end(source, tmp_path, capsys):
 
 
 def test_cli_download_prints_a_summary(source, tmp_path, capsys):
-    args = ["--plc-url", source.web.url, "--web-base", source.web.url, "--dns", source.dns.address]
+    args = cli_args(source)
     assert main(["download", HANDLE, "-o", str(tmp_path / "copy"), "--blobs", *args]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"created {tmp_path / 'copy'}: {DID} ({HANDLE}) from {source.url}")
@@ -242,7 +267,7 @@ def test_cli_download_prints_a_summary(source, tmp_path, capsys):
 
 
 def test_cli_does_not_claim_a_check_it_did_not_make_for_an_unchanged_copy(source, tmp_path, capsys):
-    args = ["--plc-url", source.web.url, "--web-base", source.web.url, "--dns", source.dns.address]
+    args = cli_args(source)
     assert main(["download", HANDLE, "-o", str(tmp_path / "copy"), *args]) == 0
     capsys.readouterr()
     assert main(["download", HANDLE, "-o", str(tmp_path / "copy"), "--since", *args]) == 0
@@ -252,7 +277,7 @@ def test_cli_does_not_claim_a_check_it_did_not_make_for_an_unchanged_copy(source
 
 def test_cli_download_of_a_tampered_repository_fails_with_status_1(source, proxy, tmp_path, capsys):
     proxy.after["getRepo"] = lambda _request, _status, body: web.Response(body=flip_last_byte(body))
-    args = ["--plc-url", source.web.url, "--web-base", source.web.url, "--dns", source.dns.address]
+    args = cli_args(source)
     assert main(["download", HANDLE, "-o", str(tmp_path / "copy"), *args]) == 1
     err = capsys.readouterr().err
     assert err.startswith("pypds: block ") and "do not hash to its CID" in err and err.count("\n") == 1
@@ -260,14 +285,14 @@ def test_cli_download_of_a_tampered_repository_fails_with_status_1(source, proxy
 
 
 def test_cli_download_of_an_unknown_handle_fails_with_status_2(source, tmp_path, capsys):
-    args = ["--plc-url", source.web.url, "--web-base", source.web.url, "--dns", source.dns.address]
+    args = cli_args(source)
     assert main(["download", "nobody.test", "-o", str(tmp_path / "copy"), *args]) == 2
     assert capsys.readouterr().err.startswith("pypds: handle nobody.test did not resolve")
 
 
 def test_cli_reports_failed_blobs_and_exits_1(source, proxy, tmp_path, capsys):
     proxy.after["getBlob"] = lambda _request, _status, body: web.Response(body=body + b"!")
-    args = ["--plc-url", source.web.url, "--web-base", source.web.url, "--dns", source.dns.address, "--retries", "0"]
+    args = [*cli_args(source), "--retries", "0"]
     assert main(["download", HANDLE, "-o", str(tmp_path / "copy"), "--blobs", *args]) == 1
     captured = capsys.readouterr()
     assert "blobs: 0 fetched, 0 already present, 3 failed" in captured.out
@@ -469,3 +494,414 @@ def test_pypds_serve_stops_promptly_while_a_client_stalls_a_download(tmp_path):
         if process.poll() is None:
             process.kill()
         process.stderr.close()
+
+
+# -- issue 12.1: a download never moves a copy back --------------------------------------------------------
+
+NEWEST_TID = "jzzzzzzzzzzzz"  # the largest valid TID: a lying getLatestCommit claims it
+
+
+def older_state(source, proxy, tmp_path) -> SimpleNamespace:
+    """A copy at the source's newest commit, and the CAR of an older commit the same key signed."""
+    with Repo.open(source.path) as repo:
+        old = SimpleNamespace(head=repo.head, rev=repo.rev, car=repo.export_car())
+    add_commits(source)
+    copy = tmp_path / "copy"
+    download(HANDLE, copy, config=source.config)
+    with Repo.open(copy) as repo:
+        old.copy, old.copy_head, old.copy_rev = copy, repo.head, repo.rev
+    proxy.hits.clear()
+    return old
+
+
+def latest_commit_answer(kind: str, old: SimpleNamespace):
+    """What a hostile getLatestCommit says: the older commit, nothing (501), or a lie that passes the pre-check."""
+    answers = {
+        "older": {"cid": old.head.encode(), "rev": old.rev},
+        "lying": {"cid": cid_for_cbor(b"\xa0").encode(), "rev": NEWEST_TID},
+    }
+    if kind == "not implemented":
+        return lambda _r, _s, _b: web.json_response({"error": "MethodNotImplemented"}, status=501)
+    return lambda _r, _s, _b: web.json_response(answers[kind])
+
+
+def car_answer(body: bytes):
+    return lambda _r, _s, _b: web.Response(body=body, content_type="application/vnd.ipld.car")
+
+
+def header_only_car(root) -> bytes:
+    out = io.BytesIO()
+    CarWriter(out, [root])
+    return out.getvalue()
+
+
+def assert_names_both_sides(error: RollbackRefused, old: SimpleNamespace) -> None:
+    message = str(error)
+    assert old.head.encode() in message and old.rev in message  # what the server offered
+    assert old.copy_head.encode() in message and old.copy_rev in message  # what the copy holds
+    assert "pypds head" in message and "--set" in message  # how to move back on purpose
+
+
+def assert_copy_kept_its_head_through_gc(old: SimpleNamespace) -> None:
+    with Repo.open(old.copy) as repo:
+        assert (repo.head, repo.rev) == (old.copy_head, old.copy_rev)
+        repo.gc()
+        assert repo.head == old.copy_head and repo.verify().ok
+
+
+@pytest.mark.parametrize("latest", ["older", "not implemented", "lying"])
+def test_an_older_validly_signed_commit_never_replaces_a_newer_copy(source, proxy, tmp_path, latest):
+    old = older_state(source, proxy, tmp_path)
+    before = snapshot(old.copy)
+    proxy.before["getLatestCommit"] = latest_commit_answer(latest, old)
+    proxy.before["getRepo"] = car_answer(old.car)
+    with pytest.raises(RollbackRefused) as caught:
+        download(HANDLE, old.copy, config=source.config)
+    assert_names_both_sides(caught.value, old)
+    assert proxy.hits["getRepo"] == (0 if latest == "older" else 1)  # an honest "older" is refused before the CAR
+    assert snapshot(old.copy) == before
+    assert_copy_kept_its_head_through_gc(old)
+
+
+@pytest.mark.parametrize("diff", ["header only", "older commit"])
+def test_since_never_moves_a_copy_back_not_even_through_the_full_car_fallback(source, proxy, tmp_path, diff):
+    old = older_state(source, proxy, tmp_path)
+    before = snapshot(old.copy)
+    diff_car = header_only_car(old.head) if diff == "header only" else old.car
+
+    def get_repo(request, _status, _body):
+        return web.Response(body=diff_car if "since" in request.query else old.car)
+
+    proxy.before["getLatestCommit"] = latest_commit_answer("lying", old)
+    proxy.before["getRepo"] = get_repo
+    with pytest.raises(RollbackRefused) as caught:
+        download(HANDLE, old.copy, since=True, config=source.config)
+    assert_names_both_sides(caught.value, old)
+    assert proxy.hits["getRepo"] == (2 if diff == "header only" else 1)  # MissingBlock falls back to the full CAR
+    assert snapshot(old.copy) == before
+    assert_copy_kept_its_head_through_gc(old)
+
+
+def test_the_copys_own_commit_served_again_is_unchanged(source, proxy, tmp_path):
+    copy = tmp_path / "copy"
+    download(HANDLE, copy, config=source.config)
+    with Repo.open(copy) as repo:
+        old = SimpleNamespace(head=repo.head, rev=repo.rev)
+    proxy.before["getLatestCommit"] = latest_commit_answer("lying", old)
+    for since in (False, True):
+        report = download(HANDLE, copy, since=since, config=source.config)
+        assert report.action == "unchanged" and report.head == old.head and report.rev == old.rev
+
+
+def test_a_copy_updated_while_downloading_is_not_moved_back(source, proxy, tmp_path):
+    """The rev is checked again inside the import transaction, not only before the download."""
+    copy = tmp_path / "copy"
+    download(HANDLE, copy, config=source.config)
+    add_commits(source)
+    with Repo.open(source.path) as repo:
+        middle = repo.export_car()
+    add_commits(source)
+    with Repo.open(source.path) as repo:
+        newest, newest_head = repo.export_car(), repo.head
+
+    def update_the_copy_then_answer_the_middle(_request, _status, _body):
+        with Repo.open(copy) as other:  # another process brings the copy to the newest commit meanwhile
+            other.import_car(newest)
+        return web.Response(body=middle, content_type="application/vnd.ipld.car")
+
+    proxy.before["getRepo"] = update_the_copy_then_answer_the_middle
+    with pytest.raises(RollbackRefused):
+        download(HANDLE, copy, config=source.config)
+    with Repo.open(copy) as repo:
+        assert repo.head == newest_head
+
+
+def test_cli_refuses_a_rollback_with_status_1(source, proxy, tmp_path, capsys):
+    old = older_state(source, proxy, tmp_path)
+    proxy.before["getLatestCommit"] = latest_commit_answer("not implemented", old)
+    proxy.before["getRepo"] = car_answer(old.car)
+    assert main(["download", HANDLE, "-o", str(old.copy), *cli_args(source)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pypds: refusing to move HEAD back: the PDS ") and old.rev in err and old.copy_rev in err
+
+
+@pytest.mark.parametrize(
+    ("rev", "than", "newer"),
+    [("3kb", "3ka", True), ("3ka", "3ka", False), ("3ka", "3kb", False), (None, "3ka", False), ("", "3ka", False)]
+    + [("3ka", None, True), ("3ka", "", True), (None, None, False)],
+)
+def test_a_missing_rev_is_older_than_any_rev(rev, than, newer):
+    assert rev_is_newer(rev, than) is newer
+
+
+# -- issue 12.2: blobs are streamed, never held whole ----------------------------------------------------------
+
+# The peak RSS of this process image (VmHWM): ru_maxrss would include the parent's, inherited through fork.
+MEASURE_BLOB_DOWNLOAD = """
+import json, sys
+from pypds import ResolverConfig, download
+def peak():
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+plc, copy, did = sys.argv[1:]
+config = ResolverConfig(plc_url=plc, dns=False, well_known=False, verify_handle=False, allow_private_network=True)
+download(did, copy, config=config)  # everything but the blobs, so that only they count below
+before = peak()
+report = download(did, copy, blobs=True, config=config)
+print(json.dumps({"growth": peak() - before, "fetched": len(report.blobs_fetched), "ok": report.ok}))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads VmHWM from /proc/self/status")
+def test_peak_memory_of_a_blob_download_does_not_depend_on_blob_size(stubs, tmp_path):
+    web_stub, _dns = stubs
+    size = 64 << 20
+    data = os.urandom(size)
+    with Repo.create(tmp_path / "big", DID) as repo:
+        ref = repo.put_blob(data, "video/mp4")
+        repo.put(POST, "video", {**post(0), "embed": {"video": ref.to_record()}})
+        key = repo.signing_key.public_key
+    with ServerThread(make_app([tmp_path / "big"])) as server:
+        web_stub.plc[DID] = did_document(DID, key=key, pds=server.url)
+        command = [sys.executable, "-c", MEASURE_BLOB_DOWNLOAD, web_stub.url, str(tmp_path / "copy"), DID]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    measured = json.loads(result.stdout)
+    assert measured["fetched"] == 1 and measured["ok"]
+    assert measured["growth"] < size // 4, f"peak RSS grew {measured['growth'] >> 20} MiB for a 64 MiB blob"
+    with Repo.open(tmp_path / "copy") as copy:
+        assert copy.blob(ref.cid) == data
+    assert not list((tmp_path / "copy" / "blobs").glob("*/.tmp-*"))
+
+
+def test_a_blob_that_does_not_match_leaves_no_file_behind(source, proxy, tmp_path):
+    proxy.after["getBlob"] = lambda _request, _status, body: web.Response(body=body[:-1] + b"?")
+    report = download(HANDLE, tmp_path / "copy", blobs=True, config=source.config, **FAST)
+    assert len(report.blobs_failed) == 3 and all(isinstance(f.error, BlockHashMismatch) for f in report.blobs_failed)
+    assert [path.name for path in (tmp_path / "copy" / "blobs").glob("*/*")] == []
+
+
+# -- issue 12.3: blob listings are bounded -------------------------------------------------------------------------
+
+
+def listing(cids: list[str], cursor: str) -> web.Response:
+    return web.json_response({"cids": cids, "cursor": cursor})
+
+
+@pytest.mark.parametrize(
+    ("attack", "limit", "pages"),
+    [
+        ("fresh cursor, same cid", "list_blobs_pages", 12),  # 3 blobs referenced: 2 * 3 + 1000 CIDs, 12 pages
+        ("fresh cursor, new cids", "max_listed_blobs", 2),
+        ("one page of 231k cids", "list_blobs_page", 1),
+    ],
+)
+def test_an_endless_blob_listing_stops_with_a_clear_error(source, proxy, tmp_path, attack, limit, pages):
+    real = [ref.cid.encode() for ref in source.blobs]
+    counter = itertools.count()
+
+    def answer(_request, _status, _body):
+        n = next(counter)
+        if n == 50:  # so that an unbounded client ends (and fails this test) instead of hanging
+            return listing([], "")
+        if attack.endswith("same cid"):
+            return listing(real[:1], f"cursor-{n}")
+        if attack.endswith("new cids"):
+            return listing([cid_for_raw(f"{n}/{i}".encode()).encode() for i in range(1000)], f"cursor-{n}")
+        return listing(real * 77_000, "cursor")
+
+    proxy.before["listBlobs"] = answer
+    started = time.monotonic()
+    with pytest.raises(ListingTooLong, match=f"limit {limit} exceeded at listBlobs of {DID}"):
+        download(HANDLE, tmp_path / "copy", blobs=True, config=source.config)
+    assert proxy.hits["listBlobs"] == pages and proxy.hits["getBlob"] == 0
+    assert time.monotonic() - started < 10
+
+
+def test_a_listing_a_little_longer_than_the_references_is_fine(source, proxy, tmp_path):
+    extra = [cid_for_raw(f"orphan {i}".encode()).encode() for i in range(900)]
+    pages = iter([listing([ref.cid.encode() for ref in source.blobs] + extra, "next"), listing([], "end")])
+    proxy.before["listBlobs"] = lambda _r, _s, _b: next(pages)
+    proxy.before["getBlob"] = lambda request, _s, _b: (
+        None if request.query["cid"] not in extra else web.Response(status=400)
+    )
+    report = download(HANDLE, tmp_path / "copy", blobs=True, config=source.config, **FAST)
+    assert report.blobs_listed == 903 and len(report.blobs_fetched) == 3 and len(report.blobs_failed) == 900
+
+
+# -- issue 12.4: slow servers are given up on ---------------------------------------------------------------------
+
+
+def drip(content_type: str = "application/vnd.ipld.car", every: float = 0.05, stop_after: float = 10.0, first=b""):
+    """A hook answering 200, ``first``, and then one byte every ``every`` seconds (for ``stop_after`` seconds)."""
+
+    async def answer(request, _status, _body):
+        response = web.StreamResponse(headers={"Content-Type": content_type})
+        response.content_length = 10_000_000
+        await response.prepare(request)
+        await response.write(first)
+        ends = time.monotonic() + stop_after
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            while time.monotonic() < ends:
+                await response.write(b" ")
+                await asyncio.sleep(every)
+        return response
+
+    return answer
+
+
+SLOW = {"min_rate": 1000, "rate_window": 0.3, "retries": 1, "backoff": 0.0}
+
+
+@pytest.mark.parametrize("method", ["getRepo", "getLatestCommit", "listBlobs"])
+def test_a_server_dripping_bytes_is_given_up_on_within_the_bound(source, proxy, tmp_path, method):
+    copy = tmp_path / "copy"
+    if method != "getRepo":
+        download(HANDLE, copy, config=source.config)
+        add_commits(source)
+    proxy.before[method] = drip("application/json" if method != "getRepo" else "application/vnd.ipld.car")
+    started = time.monotonic()
+    with pytest.raises(TransferTooSlow, match=r"after 2 attempts.*slower than the minimum 1000 bytes/s"):
+        download(HANDLE, copy, blobs=True, config=source.config, **SLOW)
+    assert time.monotonic() - started < 3  # two windows of 0.3 s, not the 10 s the drip lasts
+    assert proxy.hits[method] == 2
+    assert no_temp_files(tmp_path)
+
+
+def test_blobs_dripped_a_byte_at_a_time_fail_within_the_bound(source, proxy, tmp_path):
+    proxy.before["getBlob"] = drip("image/jpeg")
+    started = time.monotonic()
+    report = download(HANDLE, tmp_path / "copy", blobs=True, config=source.config, **SLOW)
+    assert time.monotonic() - started < 3
+    assert len(report.blobs_failed) == 3 and all(isinstance(f.error, TransferTooSlow) for f in report.blobs_failed)
+    assert not list((tmp_path / "copy" / "blobs").glob("*/*"))
+
+
+def test_the_deadline_bounds_the_whole_download_and_is_not_retried(source, proxy, tmp_path):
+    proxy.before["getRepo"] = drip(every=0.01)
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match="deadline"):
+        download(HANDLE, tmp_path / "copy", config=source.config, min_rate=0, deadline=0.8, retries=3, backoff=0)
+    assert time.monotonic() - started < 2.5
+    assert proxy.hits["getRepo"] == 1
+    assert not (tmp_path / "copy").exists() and no_temp_files(tmp_path)
+
+
+def test_backoff_never_waits_past_the_deadline(source, proxy, tmp_path):
+    proxy.before["getRepo"] = lambda _request, _status, _body: web.Response(status=503)
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        download(HANDLE, tmp_path / "copy", config=source.config, retries=3, backoff=10.0, deadline=0.5)
+    assert time.monotonic() - started < 2
+
+
+def test_cli_download_gives_up_on_a_dripping_pds(source, proxy, tmp_path, capsys):
+    proxy.before["getRepo"] = drip()
+    started = time.monotonic()
+    args = [*cli_args(source), "--retries", "0", "--min-rate", "0", "--deadline", "0.5"]
+    assert main(["download", HANDLE, "-o", str(tmp_path / "copy"), *args]) == 2
+    assert time.monotonic() - started < 3
+    assert "deadline has passed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("settings", [{"min_rate": -1}, {"rate_window": 0}, {"deadline": 0}])
+def test_bad_pace_settings_are_refused(source, tmp_path, settings):
+    with pytest.raises(InvalidInput):
+        download(HANDLE, tmp_path / "copy", config=source.config, **settings)
+
+
+# -- issue 12.5: the CAR size cap, and temporary CARs of killed runs -------------------------------------------------
+
+
+def test_cli_caps_the_car_size(source, tmp_path, capsys):
+    assert main(["download", HANDLE, "-o", str(tmp_path / "copy"), *cli_args(source), "--max-car-size", "1K"]) == 2
+    err = capsys.readouterr().err
+    assert "limit max_car_bytes exceeded" in err and "> 1024" in err
+    assert not (tmp_path / "copy").exists() and no_temp_files(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("1048576", 1 << 20), ("512k", 512 << 10), ("16G", 16 << 30), ("2MiB", 2 << 20)]
+)
+def test_car_size_option_reads_binary_units(text, size):
+    from pypds.cli._net import SizeType
+
+    assert SizeType().convert(text, None, None) == size
+
+
+@pytest.mark.parametrize("text", ["", "0", "-1", "1.5G", "G", "12X", "١٢"])
+def test_car_size_option_refuses_anything_else(text):
+    import click
+
+    from pypds.cli._net import SizeType
+
+    with pytest.raises(click.BadParameter):
+        SizeType().convert(text, None, None)
+
+
+def stale_car(directory: Path, name: str, age: float) -> Path:
+    path = directory / f".tmp-pypds-download-{name}.car"
+    path.write_bytes(b"partial CAR")
+    then = time.time() - age
+    os.utime(path, (then, then))
+    return path
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock")
+def test_temporary_cars_of_dead_downloads_go_and_live_ones_stay(source, tmp_path):
+    import fcntl
+
+    dead = stale_car(tmp_path, "copy-dead", 3600)
+    young = stale_car(tmp_path, "copy-starting", 5)
+    live = stale_car(tmp_path, "other-live", 3600)
+    with open(live, "rb+") as holder:  # a concurrent download in the same directory holds its CAR's lock
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert download(HANDLE, tmp_path / "copy", config=source.config).action == "created"
+        assert not dead.exists() and young.exists() and live.exists()
+    assert sorted(path.name for path in tmp_path.glob(".tmp-*")) == sorted([young.name, live.name])
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_a_killed_download_leaves_a_temporary_car_the_next_run_removes(source, proxy, tmp_path):
+    proxy.before["getRepo"] = drip(stop_after=30, first=b" " * (1 << 20))
+    command = [sys.executable, "-m", "pypds.cli", "download", HANDLE, "-o", str(tmp_path / "copy"), *cli_args(source)]
+    process = subprocess.Popen([*command, "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            left = list(tmp_path.glob(".tmp-pypds-download-*.car"))
+            if left and left[0].stat().st_size:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the download never started writing its CAR")
+    finally:
+        process.kill()
+        process.wait(10)
+    [left] = tmp_path.glob(".tmp-pypds-download-*.car")
+    then = time.time() - 120
+    os.utime(left, (then, then))
+    proxy.before.clear()
+    assert download(HANDLE, tmp_path / "copy", config=source.config).action == "created"
+    assert not left.exists() and no_temp_files(tmp_path)
+
+
+# -- issue 12.6: endpoints learned from the network must be public ---------------------------------------------------
+
+
+def test_a_pds_at_a_loopback_address_needs_the_opt_in(source, proxy, tmp_path, capsys):
+    config = stub_config(source.web, source.dns, allow_private_network=False)
+    with pytest.raises(AddressRefused, match=r"the PDS of .* 127\.0\.0\.1 is not a public address.*allow-private"):
+        download(HANDLE, tmp_path / "copy", config=config)
+    args = [a for a in cli_args(source) if a != "--allow-private-network"]
+    assert main(["download", HANDLE, "-o", str(tmp_path / "copy"), *args]) == 2
+    assert "--allow-private-network" in capsys.readouterr().err
+    assert sum(proxy.hits.values()) == 0 and not (tmp_path / "copy").exists()
+
+
+def test_a_pds_name_resolving_to_loopback_is_refused_when_connecting(source, proxy, tmp_path):
+    """The name is not an address: the check happens on what it resolves to, as DNS rebinding would."""
+    publish(source, proxy.url.replace("127.0.0.1", "localhost"))
+    config = stub_config(source.web, source.dns, allow_private_network=False)
+    with pytest.raises(AddressRefused, match="localhost resolves only to non-public addresses"):
+        download(HANDLE, tmp_path / "copy", config=config)
+    assert sum(proxy.hits.values()) == 0
+    assert download(HANDLE, tmp_path / "copy", config=source.config).action == "created"  # opted in

@@ -390,3 +390,115 @@ def test_json_object_turns_any_bad_answer_into_the_given_error(body):
     with pytest.raises(NetworkError, match="the answer"):
         json_object(body, NetworkError, "the answer")
     assert json_object(b'{"cid": "x"}', NetworkError, "the answer") == {"cid": "x"}
+
+
+# -- the address policy (issue 12.6) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "224.0.0.1"]
+    + ["255.255.255.255", "240.0.0.1", "192.0.2.1", "::1", "::", "fe80::1", "fc00::1", "fec0::1", "ff02::1"]
+    + ["::ffff:127.0.0.1", "::ffff:10.0.0.1", "64:ff9b::a00:1", "2002:7f00:1::1", "2001:db8::1", "::7f00:1"],
+)
+def test_non_public_addresses_are_recognised(address):
+    from pypds.xrpc import is_public_address
+
+    assert not is_public_address(address)
+
+
+@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808"])
+def test_public_addresses_are_recognised(address):
+    from pypds.xrpc import is_public_address
+
+    assert is_public_address(address)
+
+
+class FakeDns:
+    """An aiohttp resolver answering from a dict, as a hostile or re-bound DNS would."""
+
+    def __init__(self, answers: dict[str, list[str]]) -> None:
+        self.answers = answers
+
+    async def resolve(self, host, port=0, family=0):
+        return [
+            {"hostname": host, "host": ip, "port": port, "family": 0, "proto": 0, "flags": 0}
+            for ip in self.answers[host]
+        ]
+
+    async def close(self):
+        pass
+
+
+def test_a_name_re_bound_to_a_private_address_is_refused_at_connect_time():
+    import asyncio
+
+    from pypds import AddressRefused
+    from pypds.xrpc import AddressPolicy, PublicOnlyResolver
+
+    dns = FakeDns({"pds.example.com": ["127.0.0.1", "::1"], "mixed.example.com": ["10.0.0.8", "8.8.8.8"]})
+    resolver = PublicOnlyResolver(AddressPolicy(trusted=frozenset({("plc.internal", 8080)})), dns)
+    with pytest.raises(AddressRefused, match=r"pds\.example\.com resolves only to non-public addresses \(127"):
+        asyncio.run(resolver.resolve("pds.example.com", 443))
+    assert [a["host"] for a in asyncio.run(resolver.resolve("mixed.example.com", 443))] == ["8.8.8.8"]
+    dns.answers["plc.internal"] = ["10.0.0.9"]  # the user named it: their choice
+    assert [a["host"] for a in asyncio.run(resolver.resolve("plc.internal", 8080))] == ["10.0.0.9"]
+    with pytest.raises(AddressRefused):
+        asyncio.run(resolver.resolve("plc.internal", 6379))  # the same host on another port is not what they named
+
+
+def test_a_did_web_host_at_a_private_address_is_not_fetched(web, dns_stub):
+    settings = {"web_base": None, "allow_private_network": False}
+    with pytest.raises(ResolveError, match=r"127\.0\.0\.1 is not a public address.*--allow-private-network"):
+        resolve("did:web:127.0.0.1%3A8443", config=config(web, dns_stub, **settings))
+    assert web.requests == []
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+def test_a_redirect_to_a_private_address_needs_the_opt_in(web, dns_stub, allowed):
+    from aiohttp import web as aioweb
+
+    from .netstubs import ServerThread
+
+    did = "did:web:carol.test"
+    document = did_document(did, key=KEY.public_key, pds=PDS)
+    elsewhere = aioweb.Application()
+
+    async def serve_document(_request):
+        return aioweb.json_response(document)
+
+    elsewhere.router.add_get("/doc.json", serve_document)
+    with ServerThread(elsewhere) as other:
+
+        async def redirect(_request):
+            raise aioweb.HTTPFound(f"{other.url}/doc.json")
+
+        web.did_web["carol.test"] = redirect
+        settings = {"allow_private_network": allowed}
+        if allowed:
+            assert resolve(did, config=config(web, dns_stub, **settings)).pds == PDS
+        else:  # the web base was the user's choice, the redirect target (another port) was not
+            with pytest.raises(ResolveError, match=r"127\.0\.0\.1 is not a public address"):
+                resolve(did, config=config(web, dns_stub, **settings))
+
+
+def test_redirects_are_followed_at_most_five_times(web, dns_stub):
+    from aiohttp import web as aioweb
+
+    async def loop(_request):
+        raise aioweb.HTTPFound("/.well-known/did.json")
+
+    web.did_web["carol.test"] = loop
+    with pytest.raises(ResolveError, match="more than 5 redirects"):
+        resolve("did:web:carol.test", config=config(web, dns_stub))
+    assert len(web.requests) == 6
+
+
+def test_address_policy_trusts_exactly_the_hosts_the_user_named():
+    from pypds.xrpc import AddressPolicy
+
+    policy = ResolverConfig(plc_url="http://127.0.0.1:2582", web_base="http://{host}:8080").address_policy()
+    assert policy == AddressPolicy(False, frozenset({("127.0.0.1", 2582)}))
+    fixed = ResolverConfig(plc_url="https://plc.test", web_base="http://localhost:8080/").address_policy()
+    assert fixed.trusted == frozenset({("plc.test", 443), ("localhost", 8080)})
+    assert ResolverConfig(allow_private_network=True).address_policy().allow_private

@@ -11,9 +11,9 @@ from pypds import (
     CarReader,
     CarWriter,
     DidMismatch,
-    InvalidCommit,
     MissingBlock,
     Repo,
+    RollbackRefused,
     check_car_order,
     generate_signing_key,
 )
@@ -65,7 +65,7 @@ def test_apply_refuses_a_commit_that_is_not_newer(repo, tmp_path):
     _write(repo, 0, 20)
     with _mirror(repo, tmp_path) as mirror:
         before = _state(mirror)
-        with pytest.raises(InvalidCommit, match="not newer"):
+        with pytest.raises(RollbackRefused, match="not newer"):
             mirror.apply_car(repo.export_car(since=repo.rev))
         assert _state(mirror) == before
 

@@ -6,6 +6,7 @@ commands runs, not when the command line starts.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,6 +86,25 @@ def serve_cmd(paths: tuple[str, ...], host: str, port: int) -> None:
 
 # -- download ----------------------------------------------------------------------------------
 
+MAX_CAR_SIZE = 16 << 30  # pypds.downloader.MAX_CAR_BYTES, without importing it
+MIN_RATE = 4096  # pypds.xrpc.MIN_RATE, without importing it
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+class SizeType(click.ParamType):
+    """A byte count: ``1048576``, ``512K``, ``100M``, ``16G`` (binary units; a trailing ``B``/``iB`` is allowed)."""
+
+    name = "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("IB").removesuffix("B")
+        found = re.fullmatch(r"([0-9]{1,15})([KMGT]?)", text, re.ASCII)
+        if found is None or int(found[1]) < 1:
+            self.fail(f"not a size such as 1048576, 512M or 16G: {value!r}", param, ctx)
+        return int(found[1]) * _SIZE_UNITS[found[2]]
+
 
 @click.command("download", short_help="Download a repository (and its blobs) by handle or DID.")
 @click.argument("identifier", metavar="HANDLE|DID")
@@ -124,6 +144,33 @@ def serve_cmd(paths: tuple[str, ...], host: str, port: int) -> None:
 @click.option(
     "--retries", type=click.IntRange(min=0), default=3, show_default=True, help="Retries of a failed request."
 )
+@click.option(
+    "--min-rate",
+    type=click.FloatRange(min=0),
+    default=MIN_RATE,
+    show_default=True,
+    metavar="BYTES/S",
+    help="Slowest average rate (over 30 s) a CAR, blob or answer may arrive at; 0: no minimum.",
+)
+@click.option(
+    "--deadline",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Give up if the download's network transfers are not done after this long (default: no deadline).",
+)
+@click.option(
+    "--max-car-size",
+    type=SizeType(),
+    default="16G",
+    show_default=True,
+    help="Largest repository CAR accepted (it is spooled to a temporary file beside PATH).",
+)
+@click.option(
+    "--allow-private-network",
+    is_flag=True,
+    help="Allow a PDS, did:web or handle host, or redirect at a loopback or private address "
+    "(--plc-url and --web-base are always allowed).",
+)
 @json_option
 @quiet_option
 def download_cmd(
@@ -136,6 +183,10 @@ def download_cmd(
     web_base: str | None,
     timeout: float,
     retries: int,
+    min_rate: float,
+    deadline: float | None,
+    max_car_size: int,
+    allow_private_network: bool,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -151,14 +202,15 @@ def download_cmd(
     With --since an existing copy is brought up to date with a diff CAR;
     with --blobs every blob not yet stored is fetched and checked against
     its CID. A blob that fails is reported (exit status 1 or 2) and fetched
-    by the next run.
+    by the next run. A copy is never moved back to an older commit (exit
+    status 1): that is `pypds head --set` or `pypds import`, on purpose.
 
     \b
     Examples:
       pypds download alice.bsky.social -o ./alice --blobs
       pypds download did:plc:ewvi7nxzyoun6zhxrhs64oiz -o ./alice --since --blobs
       pypds download alice.test -o ./alice --plc-url http://127.0.0.1:2582 \\
-          --dns 127.0.0.1:5353 --web-base http://127.0.0.1:8080
+          --dns 127.0.0.1:5353 --web-base http://127.0.0.1:8080 --allow-private-network
     """
     from ..downloader import download
     from ..identity import ResolverConfig
@@ -168,11 +220,13 @@ def download_cmd(
         nameservers=nameservers,
         web_base=_http_url(web_base, "--web-base"),
         timeout=timeout,
+        allow_private_network=allow_private_network,
     )
     if Path(path).is_file():
         raise InputError(f"{path} is a file, not a repository directory")
+    options = {"retries": retries, "min_rate": min_rate, "deadline": deadline, "max_car_bytes": max_car_size}
     with _bars(Progress.create(quiet).enabled) as progress:
-        report = download(identifier, path, blobs=blobs, since=since, config=config, progress=progress, retries=retries)
+        report = download(identifier, path, blobs=blobs, since=since, config=config, progress=progress, **options)
     if as_json:
         emit_json(report.to_json())
     else:
