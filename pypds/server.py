@@ -557,7 +557,7 @@ class _ConnectionGuard(asyncio.Protocol):
 
     def request_done(self) -> None:
         self.busy -= 1
-        if not self.busy:
+        if not self.busy and self._transport is not None:
             self._await_request()
 
     def abort(self) -> None:

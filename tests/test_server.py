@@ -462,7 +462,7 @@ def test_a_kept_alive_connection_serves_requests_then_is_cut_when_idle(strict):
         time.sleep(IDLE_TIMEOUT / 2)
     started = time.monotonic()
     assert read_until_cut(connection.sock) == 0
-    assert IDLE_TIMEOUT / 2 - 0.05 < time.monotonic() - started < IDLE_TIMEOUT / 2 + 1
+    assert IDLE_TIMEOUT / 2 - 0.3 < time.monotonic() - started < IDLE_TIMEOUT / 2 + 1  # from the last response
     connection.close()
 
 
