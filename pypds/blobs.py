@@ -1,37 +1,95 @@
-"""The ``blobs/`` tree: content-addressed files beside ``pds.db``.
+"""The ``blobs/`` tree: content-addressed files beside ``pds.db``, and which of them records reference.
 
 A blob lives at ``blobs/<first two characters of its CID>/<CID>`` (raw-codec
 CIDv1, sha2-256). Writes go to a temporary file in the same directory, are
 fsynced and renamed into place, so an interrupted write never leaves a
 partial file under a final name; new directories are fsynced into their
 parents. Temporary files left by a killed writer are removed when a
-repository is next opened (once they are an hour old). Reads are checked
-against the CID: a truncated or altered file raises :class:`BlockHashMismatch`.
+repository is next opened (once they are an hour old).
 
-A blob arriving from the network is never held whole: :meth:`BlobStore.receive`
-writes it to a temporary file in its shard while hashing it, and renames it
-into place only if the bytes hash to the expected CID.
+Tricky bits:
+
+* **The tree is hostile.** A blob file is opened relative to ``blobs/``
+  (which may itself be a link, to another disk say) one name at a time,
+  never following a symbolic link below it, and without blocking: a FIFO
+  opens at once and is then refused. Only a regular file of at most
+  :data:`MAX_BLOB_BYTES` is read. A link, FIFO, device, socket or directory
+  where a blob or its shard directory should be raises
+  :class:`IntegrityError` (a larger file :class:`LimitExceeded`), so no read
+  leaves the tree or waits on a writer, and ``put`` never writes through a
+  linked shard directory.
+* **Reads are checked against the CID**: a truncated or altered file raises
+  :class:`BlockHashMismatch`. :meth:`BlobFile.read` hashes what it returns.
+  To stream a blob without holding it, :meth:`BlobFile.check` first hashes
+  the whole file (a segment per step, keeping each segment's digest) and
+  :meth:`BlobFile.segments` then reads it again, passing a segment on only
+  if it still has the digest it had during the check: bytes that changed in
+  between are never passed on, not even in part.
+* **Stored is not referenced.** A blob's file outlives the last record that
+  references it (until ``gc`` removes it). :class:`ReferencedBlobs` is the
+  set the records of one tree reference, moved from tree to tree by the
+  record diff, so asking again at a new HEAD costs what changed, not a read
+  of every record.
+* **Blobs from the network are never held whole**: :meth:`BlobStore.receive`
+  writes one to a temporary file in its shard while hashing it, and renames
+  it into place only if the bytes hash to the expected CID.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import secrets
+import stat
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import cbor
 from .cid import CID, RAW_PREFIX, cid_for_raw
-from .errors import BlockHashMismatch, InvalidCid, InvalidInput
+from .errors import BlockHashMismatch, IntegrityError, InvalidCid, InvalidInput, LimitExceeded, MissingBlock
 from .files import TEMP_PREFIX, atomic_file, fsync_dir
+from .mst import Node, NodeSource, diff_trees, iter_range
 
-__all__ = ["BlobRef", "BlobStore", "IncomingBlob", "blob_mime_types", "blob_refs"]
+__all__ = [
+    "MAX_BLOB_BYTES",
+    "BlobFile",
+    "BlobRef",
+    "BlobStore",
+    "IncomingBlob",
+    "ReferencedBlobs",
+    "blob_mime_types",
+    "blob_refs",
+]
 
 #: Temporary blob files older than this (seconds) are removed when a repo opens.
 STALE_TEMP_SECONDS = 3600.0
+#: Largest blob stored, read or served (bytes).
+MAX_BLOB_BYTES = 1 << 30
+#: Bytes read (and checked) per step when a blob file is streamed.
+SEGMENT_BYTES = 1 << 20
+
+_NO_FOLLOW = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_SHARD_FLAGS = _NO_FOLLOW | os.O_DIRECTORY
+_FILE_FLAGS = _NO_FOLLOW | os.O_NONBLOCK
+#: What open(2) answers for a symbolic link under O_NOFOLLOW (Linux: ELOOP, BSDs: EMLINK).
+_LINK_ERRORS = {errno.ELOOP, errno.EMLINK}
+_NOT_A_FILE_ERRORS = _LINK_ERRORS | {errno.ENOTDIR, errno.ENXIO, errno.EISDIR}
+_FILE_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+#: Bytes that any record holding a blob reference contains: the DAG-CBOR text "blob" (the
+#: ``$type`` of the typed form) or the key "mimeType" (of the legacy form).
+_BLOB_TYPE, _MIME_TYPE_KEY = b"\x64blob", b"\x68mimeType"
 
 
 @dataclass(frozen=True)
@@ -121,14 +179,16 @@ class BlobStore:
         return self.root / name[:2] / name
 
     def put(self, data: bytes) -> CID:
-        """Store ``data`` durably and return its raw CID (idempotent)."""
+        """Store ``data`` durably and return its raw CID (idempotent; a damaged file is replaced)."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise InvalidInput(f"blob data must be bytes, not {type(data).__name__}")
         data = bytes(data)
+        if len(data) > MAX_BLOB_BYTES:
+            raise LimitExceeded("max_blob_bytes", len(data), MAX_BLOB_BYTES, "put_blob")
         cid = cid_for_raw(data)
-        final = self.path_for(cid)
-        if final.exists() and self._matches(final, cid):
+        if self._holds(cid):
             return cid
+        final = self.path_for(cid)
         self._make_dirs(final.parent)
         with atomic_file(final) as out:
             out.write(data)
@@ -145,12 +205,58 @@ class BlobStore:
         finally:
             incoming.discard()
 
+    def _holds(self, cid: CID) -> bool:
+        """Whether ``cid``'s file is stored intact (a link, FIFO or damaged file is not)."""
+        try:
+            blob = self.open(cid)
+            if blob is None:
+                return False
+            with blob:
+                blob.read()
+        except (IntegrityError, LimitExceeded):
+            return False
+        return True
+
     def _make_dirs(self, shard: Path) -> None:
         """Create ``blobs/`` and the shard directory durably (their entries fsynced)."""
-        for directory in (self.root, shard):
-            if not directory.is_dir():
-                directory.mkdir(exist_ok=True)
-                fsync_dir(directory.parent)
+        if not self.root.is_dir():
+            self.root.mkdir(exist_ok=True)
+            fsync_dir(self.root.parent)
+        try:
+            mode = os.lstat(shard).st_mode
+        except FileNotFoundError:
+            shard.mkdir(exist_ok=True)
+            fsync_dir(self.root)
+            mode = os.lstat(shard).st_mode
+        if not stat.S_ISDIR(mode):
+            raise IntegrityError(f"{shard} is {_kind(mode)}, not a directory: no blob is written through it")
+
+    def _entries(self) -> Iterator[tuple[str, os.DirEntry]]:
+        """``(shard name, entry)`` for everything in the shard directories (a link in a shard's
+        place is not followed)."""
+        try:
+            shards = [entry for entry in os.scandir(self.root) if entry.is_dir(follow_symlinks=False)]
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for shard in shards:
+            try:
+                entries = list(os.scandir(shard.path))
+            except (FileNotFoundError, NotADirectoryError):  # removed meanwhile
+                continue
+            for entry in entries:
+                yield shard.name, entry
+
+    def files(self) -> list[Path]:
+        """Every entry in the shard directories but temporary files, sorted (whatever its kind or name)."""
+        return sorted(Path(entry.path) for _shard, entry in self._entries() if not entry.name.startswith(TEMP_PREFIX))
+
+    def names(self) -> list[str]:
+        """Sorted CID strings of the blob files stored: regular files named by a CID in their shard."""
+        return sorted(
+            entry.name
+            for shard, entry in self._entries()
+            if entry.name[:2] == shard and entry.is_file(follow_symlinks=False) and _is_blob_cid(entry.name)
+        )
 
     def remove_stale_temps(self, older_than: float = STALE_TEMP_SECONDS) -> int:
         """Delete temporary files left by interrupted writes; returns how many.
@@ -160,66 +266,336 @@ class BlobStore:
         """
         removed = 0
         cutoff = time.time() - older_than
-        for tmp in self.root.glob(f"*/{TEMP_PREFIX}*"):
+        for _shard, entry in self._entries():
+            if not entry.name.startswith(TEMP_PREFIX):
+                continue
             try:
-                if tmp.stat().st_mtime < cutoff:
-                    tmp.unlink()
+                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
                     removed += 1
             except FileNotFoundError:
                 continue
         return removed
 
-    def get(self, cid: CID) -> bytes | None:
-        """The blob's bytes, checked against its CID; None if absent."""
+    def open(self, cid: CID) -> BlobFile | None:
+        """``cid``'s file, opened for checked reading; None if there is none.
+
+        Never follows a symbolic link below ``blobs/`` and never blocks.
+        Raises :class:`IntegrityError` if anything but a regular file (in a
+        real shard directory) is in its place, :class:`LimitExceeded` if the
+        file is larger than :data:`MAX_BLOB_BYTES`.
+        """
         if cid.cid_bytes[:4] != RAW_PREFIX or len(cid.cid_bytes) != 36:
             return None
         path = self.path_for(cid)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
+        fd = self._open_file(path)
+        if fd is None:
             return None
-        if hashlib.sha256(data).digest() != cid.cid_bytes[4:]:
-            raise BlockHashMismatch(
-                f"blob {cid.encode()} at {path}: file is corrupt ({len(data)} bytes do not hash to its CID)"
-            )
-        return data
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise IntegrityError(f"{path} is {_kind(info.st_mode)}, not a blob file: not read")
+            if info.st_size > MAX_BLOB_BYTES:
+                raise LimitExceeded("max_blob_bytes", info.st_size, MAX_BLOB_BYTES, str(path))
+        except BaseException:
+            os.close(fd)
+            raise
+        return BlobFile(fd, cid, info.st_size, path)
 
-    def list(self, *, cursor: str | None = None, limit: int | None = None) -> list[CID]:
-        """Stored blob CIDs in string order, after ``cursor`` (a CID string), at most ``limit``."""
-        names = sorted(
-            path.name for path in self.root.glob("*/*") if not path.name.startswith(TEMP_PREFIX) and path.is_file()
-        )
-        if cursor is not None:
-            names = [name for name in names if name > cursor]
-        if limit is not None:
-            names = names[:limit]
-        return [CID.decode(name) for name in names]
+    def _open_file(self, path: Path) -> int | None:
+        """A descriptor of ``path`` opened below ``blobs/`` name by name, following no link; None if absent."""
+        try:
+            root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            shard = _open_at(root, path.parent, _SHARD_FLAGS)
+            if shard is None:
+                return None
+            try:
+                return _open_at(shard, path, _FILE_FLAGS)
+            finally:
+                os.close(shard)
+        finally:
+            os.close(root)
+
+    def get(self, cid: CID) -> bytes | None:
+        """The blob's bytes, checked against its CID; None if absent (raises as :meth:`open` does)."""
+        blob = self.open(cid)
+        if blob is None:
+            return None
+        with blob:
+            return blob.read()
 
     def remove_unreferenced(self, referenced: set[bytes], older_than: float) -> tuple[int, int]:
         """Delete blob files whose CID is not in ``referenced`` and that are older than
-        ``older_than`` seconds; returns (files, bytes) removed."""
+        ``older_than`` seconds; returns (files, bytes) removed. A directory is left alone."""
         files = size = 0
         cutoff = time.time() - older_than
-        for path in self.root.glob("*/*"):
-            if path.name.startswith(TEMP_PREFIX):
+        for _shard, entry in self._entries():
+            if entry.name.startswith(TEMP_PREFIX):
                 continue
             try:
-                cid = CID.decode(path.name)
-                stat = path.stat()
+                cid = CID.decode(entry.name)
+                info = entry.stat(follow_symlinks=False)
             except (ValueError, FileNotFoundError):
                 continue
-            if cid.cid_bytes in referenced or stat.st_mtime >= cutoff:
+            if cid.cid_bytes in referenced or info.st_mtime >= cutoff or stat.S_ISDIR(info.st_mode):
                 continue
-            path.unlink(missing_ok=True)
-            files += 1
-            size += stat.st_size
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                files += 1
+                size += info.st_size
         return files, size
 
     def has(self, cid: CID) -> bool:
-        return self.path_for(cid).is_file()
+        """Whether a regular file is stored under ``cid``'s name (not read: see :meth:`open`)."""
+        path = self.path_for(cid)
+        try:
+            return stat.S_ISDIR(os.lstat(path.parent).st_mode) and stat.S_ISREG(os.lstat(path).st_mode)
+        except OSError:
+            return False
 
-    def _matches(self, path: Path, cid: CID) -> bool:
-        return hashlib.sha256(path.read_bytes()).digest() == cid.cid_bytes[4:]
+
+def _is_blob_cid(name: str) -> bool:
+    try:
+        raw = CID.decode(name).cid_bytes
+    except ValueError:
+        return False
+    return raw[:4] == RAW_PREFIX and len(raw) == 36
+
+
+def _open_at(directory: int, path: Path, flags: int) -> int | None:
+    try:
+        return os.open(path.name, flags, dir_fd=directory)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno not in _NOT_A_FILE_ERRORS:
+            raise
+        what = "a symbolic link" if exc.errno in _LINK_ERRORS else exc.strerror
+        raise IntegrityError(f"{path} is not a blob file or shard directory ({what}): not followed") from None
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    return _FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+class BlobFile:
+    """An open blob file (from :meth:`BlobStore.open`), read only through checks against its CID.
+
+    ``size`` is the file's size when it was opened. Close it, or use it as a
+    context manager. Reads may run in any thread, one at a time; a
+    :meth:`close` from another thread waits for a read in progress.
+    """
+
+    def __init__(self, fd: int, cid: CID, size: int, path: Path) -> None:
+        self.cid = cid
+        self.size = size
+        self.path = path
+        self._fd: int | None = fd
+        self._lock = threading.Lock()
+        self._digests: list[bytes] | None = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def __enter__(self) -> BlobFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read(self) -> bytes:
+        """The whole blob, checked against its CID (one pass; held in memory)."""
+        data = self._read_at(0, self.size)
+        self._verify(hashlib.sha256(data).digest(), len(data))
+        return data
+
+    def check(self) -> Iterator[int]:
+        """Hash the whole file against the CID, one segment per step, yielding the bytes hashed so far.
+
+        Raises :class:`BlockHashMismatch` at the end if the file does not
+        hash to its CID. Afterwards :meth:`segments` streams it.
+        """
+        whole = hashlib.sha256()
+        digests: list[bytes] = []
+        done = 0
+        while done < self.size:
+            segment = self._read_at(done, min(SEGMENT_BYTES, self.size - done))
+            if not segment:  # shorter than when it was opened
+                break
+            whole.update(segment)
+            digests.append(hashlib.sha256(segment).digest())
+            done += len(segment)
+            yield done
+        self._verify(whole.digest(), done)
+        self._digests = digests
+
+    def segments(self) -> Iterator[bytes]:
+        """The checked file again, one segment per step (checking it first if that was not done).
+
+        A segment is yielded only if it still has the digest it had during
+        the check; one that changed since raises :class:`BlockHashMismatch`
+        instead, so every byte yielded is a byte of the blob.
+        """
+        if self._digests is None:
+            for _ in self.check():
+                pass
+        assert self._digests is not None
+        for index, digest in enumerate(self._digests):
+            offset = index * SEGMENT_BYTES
+            segment = self._read_at(offset, min(SEGMENT_BYTES, self.size - offset))
+            if hashlib.sha256(segment).digest() != digest:
+                raise BlockHashMismatch(
+                    f"blob {self.cid.encode()} at {self.path} changed while it was read (segment at byte {offset})"
+                )
+            yield segment
+
+    def _read_at(self, offset: int, length: int) -> bytes:
+        parts: list[bytes] = []
+        with self._lock:
+            if self._fd is None:
+                raise InvalidInput(f"blob file {self.path} is closed")
+            while length > 0:
+                part = os.pread(self._fd, length, offset)
+                if not part:
+                    break
+                parts.append(part)
+                offset += len(part)
+                length -= len(part)
+        return b"".join(parts)
+
+    def _verify(self, digest: bytes, length: int) -> None:
+        if digest != self.cid.cid_bytes[4:]:
+            raise BlockHashMismatch(
+                f"blob {self.cid.encode()} at {self.path}: file is corrupt ({length} bytes do not hash to its CID)"
+            )
+
+
+def blob_names_in(record: CID, data: bytes | None) -> list[str]:
+    """CID strings of the blobs record block ``data`` (of CID ``record``, None if it is missing) references."""
+    if data is None:
+        raise MissingBlock(f"record block {record.encode()} is missing", record)
+    if _BLOB_TYPE not in data and _MIME_TYPE_KEY not in data:  # no reference of either form: not decoded
+        return []
+    return [cid.encode() for cid in blob_refs(cbor.decode(data, f"record {record.encode()}"))]
+
+
+def record_blob_names(get_block: Callable[[CID], bytes | None], record: CID) -> list[str]:
+    """CID strings of the blobs the record block ``record`` references (see :func:`blob_refs`)."""
+    return blob_names_in(record, get_block(record))
+
+
+class RecordsMoved(Exception):
+    """Raised by a ``records`` reader of :meth:`ReferencedBlobs.names_at` that could not keep to one tree."""
+
+
+class ReferencedBlobs:
+    """The blobs the records of one tree reference, moved from tree to tree by record diffs.
+
+    :meth:`names_at` answers for a tree root. The first answer reads every
+    record; an answer for a new root applies the record diff from the root
+    before (work in proportion to the records changed), or reads every
+    record again when that diff cannot be read (blocks removed by gc). Each
+    blob is counted once per record that references it, so it leaves the
+    set with the last such record. Memory: one entry per distinct blob
+    (about 160 bytes with its sorted name: 155 measured). Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._root: CID | None = None
+        self._counts: dict[str, int] = {}
+        self._names: list[str] = []
+
+    def names_at(
+        self,
+        source: NodeSource,
+        root: Node,
+        get_block: Callable[[CID], bytes | None],
+        records: Callable[[], Iterable[tuple[CID, bytes | None]]] | None = None,
+    ) -> list[str]:
+        """CID strings of the blobs the tree at ``root`` references, sorted. Do not change the list.
+
+        ``records``, if given, reads every ``(record CID, block)`` of that
+        tree faster than a walk of it (a table of HEAD's records, say), or
+        raises :class:`RecordsMoved` if it cannot; a count of every record
+        uses it first.
+        """
+        with self._lock:
+            if self._root != root.cid:
+                self._move_to(source, root, get_block, records)
+            return self._names
+
+    def _move_to(
+        self,
+        source: NodeSource,
+        root: Node,
+        get_block: Callable[[CID], bytes | None],
+        records: Callable[[], Iterable[tuple[CID, bytes | None]]] | None,
+    ) -> None:
+        old, self._root = self._root, None  # the counts belong to no tree until the move completes
+        try:
+            names = None
+            if old is not None:
+                try:
+                    names = self._apply_diff(source, old, root, get_block)
+                except MissingBlock:  # the old tree or its records are gone (gc): count afresh
+                    names = None
+            if names is None and records is not None:
+                try:
+                    names = self._count_all(records())
+                except RecordsMoved:
+                    names = None
+            if names is None:
+                names = self._count_all((cid, get_block(cid)) for _key, cid in iter_range(source, root))
+        except BaseException:
+            self._counts, self._names = {}, []
+            raise
+        self._names, self._root = names, root.cid
+
+    def _count_all(self, records: Iterable[tuple[CID, bytes | None]]) -> list[str]:
+        counts: dict[str, int] = {}
+        for record, data in records:
+            for name in blob_names_in(record, data):
+                counts[name] = counts.get(name, 0) + 1
+        self._counts = counts
+        return sorted(counts)
+
+    def _apply_diff(
+        self, source: NodeSource, old: CID, root: Node, get_block: Callable[[CID], bytes | None]
+    ) -> list[str]:
+        counts = self._counts
+        gained: set[str] = set()
+        lost: set[str] = set()
+        for change in diff_trees(source, old, root):
+            for name in [] if change.old is None else record_blob_names(get_block, change.old):
+                counts[name] -= 1
+                if not counts[name]:
+                    del counts[name]
+                    _move_name(name, gained, lost)
+            for name in [] if change.new is None else record_blob_names(get_block, change.new):
+                counts[name] = counts.get(name, 0) + 1
+                if counts[name] == 1:
+                    _move_name(name, lost, gained)
+        if not gained and not lost:
+            return self._names
+        kept = [name for name in self._names if name not in lost]
+        return sorted(kept + list(gained))  # kept is one sorted run: the sort merges into it in linear time
+
+
+def _move_name(name: str, source: set[str], target: set[str]) -> None:
+    """Note ``name`` as moved from ``source`` to ``target`` (undoing an earlier opposite move)."""
+    if name in source:
+        source.discard(name)
+    else:
+        target.add(name)
 
 
 class IncomingBlob:

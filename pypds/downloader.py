@@ -62,7 +62,7 @@ from typing import Any
 
 import aiohttp
 
-from .blobs import BlobStore
+from .blobs import MAX_BLOB_BYTES, BlobStore  # the largest blob stored is the largest accepted
 from .car import CarReader
 from .cid import CID, RAW_PREFIX, parse_cid
 from .commit import decode_commit, rev_is_newer
@@ -95,8 +95,6 @@ __all__ = ["BlobFailure", "DownloadReport", "Progress", "download", "download_as
 
 #: Largest repository CAR accepted from a PDS (it is spooled to a temporary file, not held in memory).
 MAX_CAR_BYTES = 16 << 30
-#: Largest blob accepted from a PDS (streamed to a temporary file, not held in memory).
-MAX_BLOB_BYTES = 1 << 30
 #: CIDs asked for per listBlobs page (the lexicon's maximum); a longer page is refused.
 LIST_BLOBS_PAGE = 1000
 #: listBlobs may name at most this many CIDs per blob the records reference (locally stored or

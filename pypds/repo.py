@@ -16,6 +16,7 @@ import itertools
 import os
 import shutil
 import threading
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from typing import Any, BinaryIO, NamedTuple, TypeVar
 
 from . import cbor
 from .batch import Batch, WriteOp
-from .blobs import BlobRef, BlobStore, blob_refs
+from .blobs import BlobRef, BlobStore, RecordsMoved, ReferencedBlobs, blob_refs, record_blob_names
 from .blockstore import BlockStore
 from .car import CarSource, CarWriter, write_car_file
 from .car_import import StreamedCar
@@ -114,6 +115,7 @@ class Repo:
         self._lock = threading.RLock()
         self._limits = limits
         self._blobs = BlobStore(path / "blobs")
+        self._referenced_blobs = ReferencedBlobs()  # kept per HEAD: see list_blobs
         # checkout() views read through the cache outside Repo methods: misses take the lock
         self._cache = NodeCache(self._get_block_locked, limits)
         self._records = RecordCache()
@@ -456,31 +458,110 @@ class Repo:
         cid = self._blobs.put(data)
         return BlobRef(cid=cid, mime_type=mime_type, size=len(data))
 
-    @_public
-    def list_blobs(self, *, since: str | None = None, cursor: str | None = None, limit: int | None = None) -> list[CID]:
-        """CIDs of stored blobs, in CID-string order, after ``cursor``, at most ``limit``.
+    def list_blobs(
+        self, *, since: str | None = None, cursor: str | None = None, limit: int | None = None, stored: bool = False
+    ) -> list[CID]:
+        """CIDs of the blobs records at HEAD reference and that are stored here, in CID-string
+        order, after ``cursor``, at most ``limit`` (what ``listBlobs`` serves).
 
-        With ``since`` (a rev), only the blobs referenced by records created
-        or updated at HEAD after that rev: what a copy at ``since`` may lack.
-        If no commit at or before ``since`` is known here (an imported
-        history), every blob referenced at HEAD is listed.
+        A blob no record at HEAD references is not listed, though its file
+        stays until :meth:`gc` (and :meth:`blob` still reads it), as the
+        reference PDS stops listing a blob once the last record using it is
+        deleted. With ``since`` (a rev), only the blobs referenced by records
+        created or updated at HEAD after that rev: what a copy at ``since``
+        may lack. If no commit at or before ``since`` is known here (an
+        imported history), every blob referenced at HEAD is listed. With
+        ``stored=True``, every blob file stored, referenced or not (a local
+        inventory, what ``pypds blob ls`` shows).
+
+        The referenced set is kept on the handle for the HEAD it was made
+        at: the first call reads every record, a later one at a new HEAD
+        applies the record diff. It holds about 160 bytes per distinct
+        blob referenced. The handle's lock is not held while records are
+        read, so other calls go on meanwhile.
         """
+        self._store_or_raise()
         if limit is not None and limit < 0:
             raise InvalidInput(f"limit must not be negative: {limit}")
-        if since is None:
-            return self._blobs.list(cursor=cursor, limit=limit)
-        check_tid(since, "since rev")
-        self._refresh()
-        base = self._store_or_raise().commit_at(since)
-        old_root: Link = empty_node() if base is None else self._load_commit(base).data
-        changes = [c for c in diff_trees(self._cache, old_root, self._root) if c.new is not None]
-        names = sorted(cid.encode() for cid in self._new_blob_refs(changes) if self._blobs.has(cid))
-        names = [name for name in names if cursor is None or name > cursor][:limit]
-        return [CID.decode(name) for name in names]
+        if since is not None:
+            check_tid(since, "since rev")
+            if stored:
+                raise InvalidInput("list_blobs: since and stored=True cannot be combined")
+            names = self._blob_names_since(since)
+        else:
+            names = self._blobs.names() if stored else self._referenced_blob_names()
+        found: list[CID] = []
+        for index in range(0 if cursor is None else bisect_right(names, cursor), len(names)):
+            if limit is not None and len(found) >= limit:
+                break
+            cid = CID.decode(names[index])
+            if self._blobs.has(cid):
+                found.append(cid)
+        return found
+
+    def blob_referenced(self, cid: CID | str) -> bool:
+        """Whether a record at HEAD references blob ``cid`` (stored here or not): what the server serves."""
+        name = parse_cid(cid).encode()
+        names = self._referenced_blob_names()
+        index = bisect_left(names, name)
+        return index < len(names) and names[index] == name
+
+    def _referenced_blob_names(self) -> list[str]:
+        """Sorted CID strings of the blobs records at HEAD reference (shared: do not change)."""
+        with self._lock:
+            self._store_or_raise()
+            self._refresh()
+            head, root = self._head, self._root
+        records = functools.partial(self._indexed_records, head)
+        return self._referenced_blobs.names_at(self._cache, root, self._get_block_locked, records)
+
+    def _indexed_records(self, head: CID) -> Iterator[tuple[CID, bytes | None]]:
+        """``(record CID, block)`` for every record of HEAD ``head``'s tree, read from the paths index
+        a page per hold of the lock; raises RecordsMoved if the index is not at ``head`` or anything
+        was committed meanwhile (the pages would mix two trees)."""
+        with self._lock:
+            store = self._store_or_raise()
+            version = store.data_version()
+            if store.index_head() != head:
+                raise RecordsMoved(f"the paths index is not at {head.encode()}")
+            rows = store.index_blocks()
+        while True:
+            with self._lock:
+                store = self._store_or_raise()
+                if store.data_version() != version or self._head != head:
+                    raise RecordsMoved(f"HEAD moved from {head.encode()} while its records were read")
+                page = list(itertools.islice(rows, 4096))
+            if not page:
+                return
+            for cid, data in page:
+                yield CID(cid), data
+
+    def _blob_names_since(self, since: str) -> list[str]:
+        """Sorted CID strings of the blobs referenced by records created or updated after rev ``since``."""
+        with self._lock:
+            store = self._store_or_raise()
+            self._refresh()
+            base = store.commit_at(since)
+            old_root = None if base is None else self._load_commit(base).data
+            root = self._root
+        if old_root is None:
+            return self._referenced_blob_names()
+        names: set[str] = set()
+        for change in diff_trees(self._cache, old_root, root):
+            if change.new is not None:
+                names.update(record_blob_names(self._get_block_locked, change.new))
+        return sorted(names)
 
     @_public
     def blob(self, cid: CID | str) -> bytes | None:
-        """A blob's bytes, checked against its CID; None if not stored."""
+        """A blob's bytes, checked against its CID; None if not stored.
+
+        A local read of the stored file, referenced at HEAD or not (see
+        :meth:`blob_referenced`). Never follows a symbolic link out of
+        ``blobs/`` and never blocks on a FIFO: anything but a regular file
+        there raises :class:`IntegrityError`, a file over 1 GiB
+        :class:`LimitExceeded`, a damaged one :class:`BlockHashMismatch`.
+        """
         return self._blobs.get(parse_cid(cid))
 
     @_public
@@ -670,7 +751,7 @@ class Repo:
             verify_tree(store.get_block, head, report, did=expected, key=key, limits=self._limits, rehash=True)
             tree = [] if not report.ok else iter_range(self._cache, self._load_commit(head).data)
             check_index(report, store.index_all(), tree)
-        check_blob_files(report, self._blobs.root)
+        check_blob_files(report, self._blobs)
         return report
 
     # -- CAR import and export -------------------------------------------------

@@ -16,32 +16,46 @@ getBlob           ``did``, ``cid``: the blob's bytes
 ================  ======================================================================
 
 Errors follow the reference PDS (``@atproto/xrpc-server``): ``400
-InvalidRequest`` for a missing or malformed parameter, ``400`` with the
-lexicon's name (``RepoNotFound``, ``BlobNotFound``, ``BlockNotFound``) for
-something absent, ``501 MethodNotImplemented`` for an unknown method, ``500
-InternalServerError`` otherwise. ``getRecord`` for an absent record answers
-with the exclusion proof, as the lexicon describes it ("prove the existence
-or non-existence") and as the reference PDS does.
+InvalidRequest`` for a missing or malformed parameter or a path under
+``/xrpc/`` that is not an NSID, ``400`` with the lexicon's name
+(``RepoNotFound``, ``BlobNotFound``, ``BlockNotFound``) for something absent,
+``501 MethodNotImplemented`` for an unknown method, ``500
+InternalServerError`` otherwise; any other path answers ``404 NotFound``, in
+the same JSON shape. ``getRecord`` for an absent record answers with the
+exclusion proof, as the lexicon describes it ("prove the existence or
+non-existence") and as the reference PDS does. ``listBlobs`` and ``getBlob``
+know only the blobs records at HEAD reference (:meth:`Repo.list_blobs`).
 
 Tricky bits:
 
 * Nothing is built whole in memory: CARs stream from :meth:`Repo.iter_car`
-  chunk by chunk, blobs from their files. Every blocking repository call
-  runs in the default thread pool, so a large export never stalls the event
-  loop; the handle's lock serialises the calls (each chunk is one call).
-* A blob is checked against its CID while it is sent, and its last chunk is
-  held back until the whole file has hashed: a corrupt file is never
-  delivered complete (the connection is cut instead).
+  chunk by chunk, blobs from their files a segment at a time. Every
+  blocking call runs in the default thread pool, so a large export never
+  stalls the event loop; the handle's lock serialises the repository calls
+  (each chunk is one call).
+* No byte of a blob is sent before it is checked: the whole file is hashed
+  against its CID first (a segment per step), then read again and each
+  segment sent only if it still has the digest it had
+  (:class:`~pypds.blobs.BlobFile`). Blob files are opened without following
+  links or blocking, and only regular files are read, so a link or FIFO
+  planted in ``blobs/`` answers ``500`` at once.
 * Once a streamed response has started, an error can no longer become an
-  XRPC error body: the connection is closed, and the client's length or
-  CAR checks fail.
+  XRPC error body: the connection is cut, and the client's length or CAR
+  checks fail.
+* aiohttp has no timeout for a request's headers, so :func:`start_server`
+  listens itself and wraps aiohttp's protocol for each connection
+  (:class:`_ConnectionGuard`): a connection is cut when its request headers
+  are not complete ``header_timeout`` seconds after their first byte, when
+  it has no request in progress and sends nothing for ``idle_timeout``
+  seconds, or when a write waits that long on a client that does not read.
+  Stopping lets running responses finish for :data:`SHUTDOWN_GRACE` seconds,
+  then cuts them: the whole stop takes under :data:`SHUTDOWN_TIMEOUT`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import io
 import logging
 import os
@@ -49,14 +63,14 @@ import signal
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
-from .blobs import BlobStore
+from .blobs import BlobFile, BlobStore
 from .car import CarWriter
 from .cid import CID, RAW_PREFIX, parse_cid
-from .errors import BlockHashMismatch, InvalidInput, PypdsError, shown
+from .errors import BlockHashMismatch, IntegrityError, InvalidInput, LimitExceeded, PypdsError, shown
 from .repo import Repo
 from .syntax import is_valid_did, is_valid_nsid, is_valid_record_key, is_valid_tid
 from .xrpc import (
@@ -69,15 +83,24 @@ from .xrpc import (
     REPO_NOT_FOUND,
 )
 
-__all__ = ["DEFAULT_PORT", "make_app", "serve", "start_server"]
+__all__ = ["DEFAULT_PORT", "RunningServer", "make_app", "serve", "start_server"]
 
 log = logging.getLogger("pypds.server")
 
 #: The port a PDS conventionally listens on.
 DEFAULT_PORT = 2583
-#: Bytes per chunk of a streamed CAR or blob.
+#: Bytes per chunk of a streamed CAR (blobs go a checked segment, 1 MiB, at a time).
 CHUNK_SIZE = 1 << 16
-#: Seconds a stopping server gives open responses (a CAR download, say) before cutting them.
+#: Seconds a connection has to complete a request's headers, from their first byte.
+HEADER_TIMEOUT = 10.0
+#: Seconds a connection may stay with no request in progress and nothing arriving, and a
+#: write may wait on a client that does not read, before the connection is cut.
+IDLE_TIMEOUT = 60.0
+#: Seconds a stopping server lets running responses (a CAR download, say) finish before cutting them.
+SHUTDOWN_GRACE = 1.0
+#: Seconds aiohttp then waits for each cut handler before cancelling it (twice, at most).
+_CUT_WAIT = 0.25
+#: Bound on the whole stop (grace, cuts, closing the repositories), with margin.
 SHUTDOWN_TIMEOUT = 2.0
 #: How many listBlobs ``since`` answers are kept for paging.
 BLOBS_SINCE_CACHE = 16
@@ -85,6 +108,8 @@ BLOBS_SINCE_CACHE = 16
 DEFAULT_LIMIT, MAX_LIMIT = 500, 1000
 #: Most CIDs one getBlocks call may ask for.
 MAX_GET_BLOCKS = 1000
+#: The error name for a path outside ``/xrpc/`` (in the XRPC error shape; no lexicon names one).
+NOT_FOUND = "NotFound"
 #: aiohttp request-parser settings of the application: a getBlocks URL with
 #: ``MAX_GET_BLOCKS`` CIDs is ~70 KB, past aiohttp's default 8 KiB request line.
 HANDLER_ARGS = {"max_line_size": 1 << 17, "max_field_size": 1 << 15}
@@ -108,23 +133,35 @@ def xrpc_error(status: int, error: str, message: str) -> web.Response:
     return web.json_response({"error": error, "message": message}, status=status)
 
 
-def make_app(repos: RepoSource | Iterable[RepoSource], *, chunk_size: int = CHUNK_SIZE) -> web.Application:
+def make_app(
+    repos: RepoSource | Iterable[RepoSource], *, chunk_size: int = CHUNK_SIZE, idle_timeout: float = IDLE_TIMEOUT
+) -> web.Application:
     """An aiohttp application serving ``repos`` (directories or open :class:`Repo` handles) read-only.
 
     Paths are opened here and closed when the application shuts down;
     handles passed in stay open (they belong to the caller). Two
     repositories with the same DID raise :class:`InvalidInput`.
+    ``idle_timeout`` becomes aiohttp's keep-alive timeout, which closes a
+    connection that completes no request for that long whatever runs the
+    application; the header timeout and write stalls need
+    :func:`start_server` (or :func:`serve`), which sees the connections.
 
     >>> from aiohttp import web
     >>> web.run_app(make_app(["./alice", "./bob"]), host="127.0.0.1", port=2583)  # doctest: +SKIP
     """
+    _check_timeout("idle_timeout", idle_timeout)
     service = SyncService(_open_repos(repos), chunk_size=chunk_size)
-    app = web.Application(handler_args=HANDLER_ARGS)
+    app = web.Application(handler_args={**HANDLER_ARGS, "keepalive_timeout": idle_timeout})
     app[SERVICE] = service
-    app.router.add_route("*", "/xrpc/{nsid}", service.dispatch)
+    app.router.add_route("*", "/{path:.*}", service.dispatch)
     app.on_response_prepare.append(_cors)
     app.on_cleanup.append(service.close)
     return app
+
+
+def _check_timeout(name: str, seconds: float) -> None:
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 < seconds < float("inf"):
+        raise InvalidInput(f"{name} must be a positive number of seconds: {shown(seconds)}")
 
 
 async def _cors(_request: web.Request, response: web.StreamResponse) -> None:
@@ -171,6 +208,10 @@ class SyncService:
         # listBlobs with ``since`` diffs the tree (O(records changed since)); the full answer is kept
         # per (DID, HEAD, since) so paging through it does that work once, not once per page.
         self._blobs_since: dict[tuple[str, bytes, str], list[CID]] = {}
+        # The first listBlobs or getBlob at a HEAD may count the blobs of every record (seconds for
+        # a big repository): per repository one worker thread does that, other requests wait here
+        # without holding one, so the thread pool stays free for everything else.
+        self._blob_locks = {did: asyncio.Lock() for did in self.repos}
         self.methods: dict[str, Handler] = {
             "com.atproto.sync.getRepo": self.get_repo,
             "com.atproto.sync.getBlocks": self.get_blocks,
@@ -189,7 +230,13 @@ class SyncService:
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         """Route ``/xrpc/<nsid>`` to its method; every failure before a stream starts is an XRPC error."""
-        nsid = request.match_info["nsid"]
+        path = request.path
+        if not path.startswith("/xrpc/"):
+            return xrpc_error(404, NOT_FOUND, f"nothing at {shown(path)}: methods are at /xrpc/<nsid>")
+        nsid = path[len("/xrpc/") :]
+        nsid = nsid[:-1] if nsid.endswith("/") else nsid
+        if not is_valid_nsid(nsid):
+            return xrpc_error(400, INVALID_REQUEST, f"invalid xrpc path: {shown(path)}")
         handler = self.methods.get(nsid)
         if handler is None:
             return xrpc_error(501, METHOD_NOT_IMPLEMENTED, f"method {nsid} is not implemented by this server")
@@ -199,8 +246,6 @@ class SyncService:
             return await handler(request)
         except XrpcFailure as exc:
             return xrpc_error(exc.status, exc.error, exc.message)
-        except StreamAborted:
-            raise
         except InvalidInput as exc:
             return xrpc_error(400, INVALID_REQUEST, str(exc))
         except Exception:
@@ -213,7 +258,7 @@ class SyncService:
         repo = self._repo(request)
         since = _since(request)
         chunks = await _blocking(partial(repo.iter_car, since=since, chunk_size=self.chunk_size))
-        return await self._stream(request, chunks, CAR_MIME)
+        return await self._stream(request, chunks, _car_response())
 
     async def get_blocks(self, request: web.Request) -> web.StreamResponse:
         repo = self._repo(request)
@@ -221,7 +266,7 @@ class SyncService:
         missing = await _blocking(lambda: [cid.encode() for cid in cids if not repo.blockstore.has(cid)])
         if missing:
             raise XrpcFailure(400, BLOCK_NOT_FOUND, f"could not find blocks: {', '.join(missing[:10])}")
-        return await self._stream(request, _block_car(repo, cids), CAR_MIME)
+        return await self._stream(request, _block_car(repo, cids), _car_response())
 
     async def get_record(self, request: web.Request) -> web.StreamResponse:
         repo = self._repo(request)
@@ -270,7 +315,8 @@ class SyncService:
         if cursor is not None:
             cursor = _parse_cid(cursor, "cursor").encode()
         if since is None:
-            cids = await _blocking(partial(repo.list_blobs, cursor=cursor, limit=limit + 1))
+            async with self._blob_locks[repo.did]:
+                cids = await _blocking(partial(repo.list_blobs, cursor=cursor, limit=limit + 1))
         else:
             every = await self._blobs_changed_since(repo, since)
             cids = [cid for cid in every if cursor is None or cid.encode() > cursor][: limit + 1]
@@ -284,7 +330,8 @@ class SyncService:
         key = (repo.did, repo.head.cid_bytes, since)
         cids = self._blobs_since.get(key)
         if cids is None:
-            cids = await _blocking(partial(repo.list_blobs, since=since))
+            async with self._blob_locks[repo.did]:
+                cids = await _blocking(partial(repo.list_blobs, since=since))
             if len(self._blobs_since) >= BLOBS_SINCE_CACHE:
                 self._blobs_since.pop(next(iter(self._blobs_since)))
             self._blobs_since[key] = cids
@@ -295,15 +342,21 @@ class SyncService:
         cid = _parse_cid(_required(request, "cid"), "cid")
         if cid.cid_bytes[:4] != RAW_PREFIX:
             raise XrpcFailure(400, BLOB_NOT_FOUND, f"{cid.encode()} is not a blob CID (raw codec)")
-        path = BlobStore(repo.path / "blobs").path_for(cid)
+        not_found = XrpcFailure(400, BLOB_NOT_FOUND, f"blob {cid.encode()} not found in {repo.did}")
+        async with self._blob_locks[repo.did]:
+            referenced = await _blocking(partial(repo.blob_referenced, cid))
+        if not referenced:
+            raise not_found  # stored or not: no record at HEAD references it
         try:
-            stream = await _blocking(partial(open, path, "rb"))
-        except FileNotFoundError:
-            raise XrpcFailure(400, BLOB_NOT_FOUND, f"blob {cid.encode()} not found in {repo.did}") from None
+            blob = await _blocking(partial(BlobStore(repo.path / "blobs").open, cid))
+        except (IntegrityError, LimitExceeded) as exc:
+            raise _damaged(cid, exc) from None
+        if blob is None:
+            raise not_found
         try:
-            return await self._send_blob(request, cid, stream)
+            return await self._send_blob(request, blob)
         finally:
-            stream.close()
+            await _blocking(blob.close)  # in the pool: it waits for a read in progress
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -316,26 +369,31 @@ class SyncService:
             raise XrpcFailure(400, REPO_NOT_FOUND, f"could not find repo for DID: {did}")
         return repo
 
-    async def _stream(self, request: web.Request, chunks: Iterator[bytes], mime: str) -> web.StreamResponse:
-        """Send ``chunks`` (pulled one by one in the thread pool) as a chunked response."""
-        response = web.StreamResponse(headers={"Content-Type": mime})
+    async def _stream(
+        self, request: web.Request, chunks: Iterator[bytes], response: web.StreamResponse
+    ) -> web.StreamResponse:
+        """Send ``chunks`` (each pulled in the thread pool) as ``response``; a failure cuts the connection."""
         await response.prepare(request)
         try:
-            while True:
-                chunk = await _blocking(partial(next, chunks, None))
-                if chunk is None:
-                    break
+            while (chunk := await _blocking(partial(next, chunks, None))) is not None:
                 await response.write(chunk)
             await response.write_eof()
         except ConnectionError:  # aiohttp raises ConnectionResetError or a plain "Connection lost"
             log.debug("%s: the client went away", request.path)
         except Exception as exc:
-            raise StreamAborted(request.path) from exc
+            log.warning("%s: response cut: %s", request.path, exc, exc_info=not isinstance(exc, PypdsError))
+            if request.transport is not None:
+                request.transport.abort()
         return response
 
-    async def _send_blob(self, request: web.Request, cid: CID, stream: io.BufferedReader) -> web.StreamResponse:
-        """Send a blob file, hashing as it goes; the last chunk goes only if the whole file matches ``cid``."""
-        size = os.fstat(stream.fileno()).st_size
+    async def _send_blob(self, request: web.Request, blob: BlobFile) -> web.StreamResponse:
+        """Hash the whole blob file against its CID, then send it, each segment re-checked (see BlobFile)."""
+        checking = blob.check()
+        try:
+            while await _blocking(partial(next, checking, None)) is not None:
+                pass
+        except BlockHashMismatch as exc:
+            raise _damaged(blob.cid, exc) from None
         response = web.StreamResponse(
             headers={
                 "Content-Type": "application/octet-stream",
@@ -343,32 +401,21 @@ class SyncService:
                 "Content-Security-Policy": "default-src 'none'; sandbox",
             }
         )
-        response.content_length = size
-        await response.prepare(request)
-        try:
-            digest = hashlib.sha256()
-            held = b""
-            while chunk := await _blocking(partial(stream.read, self.chunk_size)):
-                digest.update(chunk)
-                if held:
-                    await response.write(held)
-                held = chunk
-            if digest.digest() != cid.cid_bytes[4:]:
-                raise BlockHashMismatch(f"blob {cid.encode()} file is corrupt: not sent")
-            await response.write(held)
-            await response.write_eof()
-        except ConnectionError:
-            log.debug("%s: the client went away", request.path)
-        except Exception as exc:
-            raise StreamAborted(request.path) from exc
-        return response
-
-
-class StreamAborted(Exception):
-    """A streamed response failed after it started: the connection is closed without an error body."""
+        response.content_length = blob.size
+        return await self._stream(request, blob.segments(), response)
 
 
 SERVICE = web.AppKey("pypds_sync_service", SyncService)
+
+
+def _car_response() -> web.StreamResponse:
+    return web.StreamResponse(headers={"Content-Type": CAR_MIME})
+
+
+def _damaged(cid: CID, exc: PypdsError) -> XrpcFailure:
+    """The answer for a blob whose file cannot be served (a link, FIFO, oversized or corrupt file)."""
+    log.warning("getBlob %s: %s", cid.encode(), exc)
+    return XrpcFailure(500, INTERNAL_SERVER_ERROR, f"blob {cid.encode()} is damaged on this server")
 
 
 async def _blocking(call: Callable[[], Any]) -> Any:
@@ -443,25 +490,184 @@ def _cid_list(request: web.Request) -> list[CID]:
 # -- running ---------------------------------------------------------------------------------
 
 
-async def start_server(app: web.Application, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> web.AppRunner:
-    """Start ``app`` listening on ``host:port`` (0: any free port); ``runner.addresses`` tells where.
+class _Timeouts(NamedTuple):
+    header: float
+    idle: float
 
-    Stop it with ``await runner.cleanup()``, which also closes the repositories it opened.
+
+class _ConnectionGuard(asyncio.Protocol):
+    """aiohttp's protocol for one connection, wrapped to cut the connection when it stalls.
+
+    With no request in progress the connection may stay silent for
+    ``idle`` seconds; once bytes of a request arrive, its headers must be
+    complete within ``header`` seconds of the first (more bytes do not
+    extend that); a write may wait ``idle`` seconds on a client that does
+    not read. A request is in progress from the moment aiohttp hands it to
+    the application (its headers are complete) until the handler returns.
     """
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
+
+    def __init__(self, inner: web.RequestHandler, timeouts: _Timeouts, live: dict) -> None:
+        self.inner = inner
+        self.busy = 0
+        self._timeouts = timeouts
+        self._live = live
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._reading_headers = False
+
+    # -- asyncio's side: everything goes on to aiohttp's protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._live[self.inner] = self
+        self._await_request()
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.busy and not self._reading_headers:
+            self._reading_headers = True
+            self._timer = self._arm(self._timer, self._timeouts.header)
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._write_timer = self._arm(self._write_timer, self._timeouts.idle)
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._write_timer = self._arm(self._write_timer, None)
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._timer = self._arm(self._timer, None)
+        self._write_timer = self._arm(self._write_timer, None)
+        self._live.pop(self.inner, None)
+        self._transport = None
+        self.inner.connection_lost(exc)
+
+    # -- the application's side
+
+    def request_started(self) -> None:
+        self.busy += 1
+        self._reading_headers = False
+        self._timer = self._arm(self._timer, None)
+
+    def request_done(self) -> None:
+        self.busy -= 1
+        if not self.busy and self._transport is not None:
+            self._await_request()
+
+    def abort(self) -> None:
+        """Cut the connection now (unsent data is dropped)."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _await_request(self) -> None:
+        self._reading_headers = False
+        self._timer = self._arm(self._timer, self._timeouts.idle)
+
+    def _arm(self, timer: asyncio.TimerHandle | None, seconds: float | None) -> asyncio.TimerHandle | None:
+        """Cancel ``timer``; with ``seconds``, a new one that aborts the connection then."""
+        if timer is not None:
+            timer.cancel()
+        return None if seconds is None else asyncio.get_running_loop().call_later(seconds, self.abort)
+
+
+def _tracking(handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]], live: dict) -> Callable:
+    """``handler``, telling the connection's guard when a request starts and ends."""
+
+    async def tracked(request: web.BaseRequest) -> web.StreamResponse:
+        guard = live.get(request.protocol)
+        if guard is None:
+            return await handler(request)
+        guard.request_started()
+        try:
+            return await handler(request)
+        finally:
+            guard.request_done()
+
+    return tracked
+
+
+class RunningServer:
+    """A server started by :func:`start_server`: where it listens, and :meth:`cleanup` to stop it."""
+
+    def __init__(self, runner: web.AppRunner, listener: asyncio.Server, live: dict) -> None:
+        self._runner = runner
+        self._listener = listener
+        self._live: dict[Any, _ConnectionGuard] = live
+
+    @property
+    def addresses(self) -> list[Any]:
+        """The socket addresses listened on (``(host, port)`` for IPv4)."""
+        return [sock.getsockname() for sock in self._listener.sockets]
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` of the first address."""
+        host, port = self.addresses[0][:2]
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    async def cleanup(self) -> None:
+        """Stop, in under :data:`SHUTDOWN_TIMEOUT` seconds.
+
+        New connections are refused and open ones take no further request.
+        Responses still running after :data:`SHUTDOWN_GRACE` seconds are
+        cut; then the application is cleaned up (closing the repositories
+        :func:`make_app` opened).
+        """
+        loop = asyncio.get_running_loop()
+        self._listener.close()
+        server = self._runner.server
+        if server is not None:
+            server.pre_shutdown()  # idle connections close, busy ones after their response
+        deadline = loop.time() + SHUTDOWN_GRACE
+        while any(guard.busy for guard in self._live.values()) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for guard in list(self._live.values()):
+            if guard.busy:
+                guard.abort()
+        await self._runner.cleanup()
+        for guard in list(self._live.values()):
+            guard.abort()  # a finished response a client does not read: not flushed
+
+
+async def start_server(
+    app: web.Application,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    *,
+    header_timeout: float = HEADER_TIMEOUT,
+    idle_timeout: float = IDLE_TIMEOUT,
+) -> RunningServer:
+    """Start ``app`` listening on ``host:port`` (0: any free port); ``.url`` tells where.
+
+    Connections are guarded by ``header_timeout`` and ``idle_timeout``
+    (see :class:`_ConnectionGuard`), and a handler is cancelled when its
+    client goes away (no blob is hashed for nobody). Stop it with ``await
+    server.cleanup()``, which also closes the repositories :func:`make_app`
+    opened.
+    """
+    timeouts = _Timeouts(header_timeout, idle_timeout)
+    for name, seconds in timeouts._asdict().items():
+        _check_timeout(f"{name}_timeout", seconds)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=_CUT_WAIT, handler_cancellation=True)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        server = runner.server
+        assert server is not None
+        live: dict[Any, _ConnectionGuard] = {}
+        server.request_handler = _tracking(server.request_handler, live)
+        listener = await asyncio.get_running_loop().create_server(
+            lambda: _ConnectionGuard(server(), timeouts, live), host, port
+        )
     except BaseException:
         await runner.cleanup()
         raise
-    return runner
-
-
-def server_url(runner: web.AppRunner) -> str:
-    """``http://host:port`` of the first address a started runner listens on."""
-    host, port = runner.addresses[0][:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return RunningServer(runner, listener, live)
 
 
 def serve(
@@ -469,19 +675,30 @@ def serve(
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
     *,
+    header_timeout: float = HEADER_TIMEOUT,
+    idle_timeout: float = IDLE_TIMEOUT,
     on_ready: Callable[[str, list[str]], None] | None = None,
 ) -> None:
-    """Serve ``repos`` on ``host:port`` until SIGINT or SIGTERM, then shut down cleanly.
+    """Serve ``repos`` on ``host:port`` until SIGINT or SIGTERM, then stop within :data:`SHUTDOWN_TIMEOUT`.
 
     ``on_ready(url, dids)`` is called once the server listens (with port 0,
-    ``url`` carries the port chosen).
+    ``url`` carries the port chosen). The timeouts are those of
+    :func:`start_server`.
     """
-    asyncio.run(_serve(make_app(repos), host, port, on_ready))
+    _check_timeout("header_timeout", header_timeout)
+    app = make_app(repos, idle_timeout=idle_timeout)
+    asyncio.run(_serve(app, host, port, _Timeouts(header_timeout, idle_timeout), on_ready))
 
 
-async def _serve(app: web.Application, host: str, port: int, on_ready: Callable[[str, list[str]], None] | None) -> None:
+async def _serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    timeouts: _Timeouts,
+    on_ready: Callable[[str, list[str]], None] | None,
+) -> None:
     try:
-        runner = await start_server(app, host, port)
+        server = await start_server(app, host, port, header_timeout=timeouts.header, idle_timeout=timeouts.idle)
     except BaseException:
         await app[SERVICE].close()
         raise
@@ -492,7 +709,7 @@ async def _serve(app: web.Application, host: str, port: int, on_ready: Callable[
             loop.add_signal_handler(signum, stop.set)
     try:
         if on_ready is not None:
-            on_ready(server_url(runner), sorted(app[SERVICE].repos))
+            on_ready(server.url, sorted(app[SERVICE].repos))
         await stop.wait()
     finally:
-        await runner.cleanup()
+        await server.cleanup()

@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import zip_longest
-from pathlib import Path
 
+from .blobs import BlobStore
 from .car import CarSource
 from .car_import import StreamedCar, check_record, partial_tree
 from .cid import CID
@@ -28,6 +28,7 @@ from .commit import Commit, decode_commit
 from .errors import (
     BlockHashMismatch,
     CarFormatError,
+    IntegrityError,
     InvalidCid,
     InvalidRepoPath,
     LimitExceeded,
@@ -35,7 +36,6 @@ from .errors import (
     PypdsError,
     shown,
 )
-from .files import TEMP_PREFIX
 from .keys import PublicKey, SigningKey, load_public_key
 from .limits import DEFAULT_LIMITS, Limits
 from .mst.verify import TreeWalk, walk_tree
@@ -351,23 +351,27 @@ def _index_difference(row: tuple[bytes, CID] | None, leaf: tuple[bytes, CID] | N
     return f"has the wrong CID for {row[0].decode('utf-8', 'replace')}"
 
 
-def check_blob_files(report: VerifyReport, blobs_dir: Path) -> None:
-    """Append the ``blob-files`` check: every blob file hashes to its name."""
+def check_blob_files(report: VerifyReport, blobs: BlobStore) -> None:
+    """Append the ``blob-files`` check: every file under ``blobs/`` is a regular file named by
+    a blob CID that it hashes to (read without following links or blocking, a segment at a time)."""
     if not report.ok:
         report._set("blob-files", Outcome.NOT_RUN)
         return
     count = 0
-    if blobs_dir.is_dir():
-        for path in sorted(blobs_dir.glob("*/*")):
-            if path.name.startswith(TEMP_PREFIX):
-                continue
-            count += 1
-            try:
-                cid = CID.decode(path.name)
-            except ValueError:
-                report._set("blob-files", Outcome.FAILED, f"{path}: file name is not a CID")
-                return
-            if hashlib.sha256(path.read_bytes()).digest() != cid.cid_bytes[4:]:
-                report._set("blob-files", Outcome.FAILED, f"BlockHashMismatch: blob file {path} is corrupt")
-                return
+    for path in blobs.files():
+        count += 1
+        try:
+            cid = CID.decode(path.name)
+            blob = blobs.open(cid)
+            if blob is None:
+                raise IntegrityError(f"{path}: not named by a blob CID in its shard directory")
+            with blob:
+                for _done in blob.check():
+                    pass
+        except ValueError:
+            report._set("blob-files", Outcome.FAILED, f"{path}: file name is not a CID")
+            return
+        except PypdsError as exc:
+            report._set("blob-files", Outcome.FAILED, f"{type(exc).__name__}: blob file {path}: {exc}")
+            return
     report._set("blob-files", Outcome.PASSED, f"{count} blobs")

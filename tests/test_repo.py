@@ -629,7 +629,9 @@ def test_stale_blob_temp_files_are_removed_on_open(tmp_path):
 
 
 def test_list_blobs_pages_in_cid_order(repo):
-    cids = sorted(repo.put_blob(bytes([i]) * 10, "application/octet-stream").cid.encode() for i in range(5))
+    refs = [repo.put_blob(bytes([i]) * 10, "application/octet-stream") for i in range(5)]
+    repo.put(POST, "a", {**post(1), "embed": {"images": [{"image": ref.to_record()} for ref in refs]}})
+    cids = sorted(ref.cid.encode() for ref in refs)
     assert [c.encode() for c in repo.list_blobs()] == cids
     assert [c.encode() for c in repo.list_blobs(cursor=cids[1], limit=2)] == cids[2:4]
     assert repo.list_blobs(limit=0) == []

@@ -1,56 +1,81 @@
-"""The sync API server (pypds.server): every method, its parameters and its XRPC errors.
+"""The sync API server (pypds.server): every method, its parameters and its XRPC errors,
+hostile blob files, stalling clients, and stopping.
 
-Requests go through the standard library's HTTP client to a real aiohttp
-server on 127.0.0.1, so what is tested is what goes over the wire.
+Requests go through the standard library's HTTP client (or a raw socket,
+for clients that misbehave) to a real aiohttp server on 127.0.0.1, so what
+is tested is what goes over the wire.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import io
 import json
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from pypds import CID, InvalidInput, Repo, cid_for_cbor, cid_for_raw, verify_proof
-from pypds.blobs import BlobStore
+from pypds import blobs as blobs_module
+from pypds.blobs import SEGMENT_BYTES, BlobFile, BlobStore
 from pypds.car import CarReader
-from pypds.server import make_app
+from pypds.server import SHUTDOWN_TIMEOUT, make_app, start_server
 
 from .conftest import DID, POST, post, read_uvarint
-from .netstubs import ServerThread
+from .hostile_blobs import HOSTILE, plant
+from .netstubs import LOOPBACK, ServerThread
 
 OTHER_DIDS = ["did:plc:ewvi7nxzyoun6zhxrhs64oiz", "did:plc:zzzzzzzzzzzzzzzzzzzzzzzz"]
 SYNC = "com.atproto.sync."
-BIG_BLOB = bytes(range(256)) * 1024  # 256 KiB: several chunks of the server's 4 KiB
+BIG_BLOB = bytes(range(256)) * (10 << 10)  # 2.5 MiB: three checked segments of 1 MiB
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """Three repositories served with small chunks; the first has 60 posts, blobs, and a rev to diff from."""
+    """Three repositories served with small chunks; the first has 60 posts, a rev to diff from,
+    and three blobs: two referenced by posts, the third stored and referenced by none."""
     base = tmp_path_factory.mktemp("server")
     with Repo.create(base / "alice", DID) as alice:
         with alice.batch() as batch:
             for i in range(30):
                 batch.put(POST, f"p{i:03d}", post(i))
         first_rev = alice.rev
-        blobs = [alice.put_blob(data, "image/png") for data in (b"small blob", BIG_BLOB, b"third")]
+        blobs = [alice.put_blob(data, "image/png") for data in (b"small blob", BIG_BLOB, b"third, unreferenced")]
         with alice.batch() as batch:
             for i in range(30, 60):
                 batch.put(POST, f"p{i:03d}", post(i))
-            batch.put(POST, "withblob", {**post(99), "embed": {"images": [{"image": blobs[0].to_record()}]}})
+            batch.put(POST, "withblob", with_image(99, blobs[0]))
+            batch.put(POST, "withbigblob", with_image(98, blobs[1]))
     for did in OTHER_DIDS:
         Repo.create(base / did.rsplit(":", 1)[1], did).close()
     paths = [base / "alice", *(base / did.rsplit(":", 1)[1] for did in OTHER_DIDS)]
     with ServerThread(make_app(paths, chunk_size=4096)) as server, Repo.open(base / "alice") as repo:
         yield {"url": server.url, "repo": repo, "first_rev": first_rev, "blobs": blobs, "base": base}
+
+
+def with_image(i: int, ref) -> dict:
+    return {**post(i), "embed": {"images": [{"image": ref.to_record()}]}}
+
+
+def repo_with_blob(path: Path, data: bytes) -> CID:
+    """A repository at ``path`` with one post referencing blob ``data``; returns the blob's CID."""
+    with Repo.create(path, DID) as repo:
+        ref = repo.put_blob(data, "image/png")
+        repo.put(POST, "b", with_image(1, ref))
+    return ref.cid
 
 
 def call(url: str, method: str, params=(), *, http_method: str = "GET") -> tuple[int, dict, bytes]:
@@ -160,11 +185,11 @@ def test_bad_limit_is_invalid_request(world, limit):
 # -- listBlobs, getBlob ----------------------------------------------------------------------------
 
 
-def test_list_blobs_pages_through_every_blob(world):
-    expected = sorted(ref.cid.encode() for ref in world["blobs"])
+def test_list_blobs_pages_through_every_referenced_blob(world):
+    expected = sorted(ref.cid.encode() for ref in world["blobs"][:2])
     seen, cursor = [], None
     for _ in range(5):
-        params = {"did": DID, "limit": "2", **({"cursor": cursor} if cursor else {})}
+        params = {"did": DID, "limit": "1", **({"cursor": cursor} if cursor else {})}
         page = call_json(world["url"], "listBlobs", params)
         seen += page["cids"]
         cursor = page.get("cursor")
@@ -176,7 +201,7 @@ def test_list_blobs_pages_through_every_blob(world):
 
 def test_list_blobs_since_lists_the_blobs_of_newer_records(world):
     page = call_json(world["url"], "listBlobs", {"did": DID, "since": world["first_rev"]})
-    assert page["cids"] == [world["blobs"][0].cid.encode()]
+    assert page["cids"] == sorted(ref.cid.encode() for ref in world["blobs"][:2])
 
 
 def test_list_blobs_since_pages_through_the_same_answer(tmp_path):
@@ -229,17 +254,338 @@ def test_bad_blob_cid_is_invalid_request(world, cid):
     assert_xrpc_error(world, "getBlob", params, 400, "InvalidRequest")
 
 
+def test_a_stored_blob_no_record_references_is_neither_listed_nor_served(world):
+    unreferenced = world["blobs"][2].cid
+    assert unreferenced.encode() not in call_json(world["url"], "listBlobs", {"did": DID})["cids"]
+    params = {"did": DID, "cid": unreferenced.encode()}
+    assert unreferenced.encode() in assert_xrpc_error(world, "getBlob", params, 400, "BlobNotFound")
+    assert world["repo"].blob(unreferenced) == b"third, unreferenced"  # still stored: a local read finds it
+
+
+def test_a_blob_leaves_the_listing_with_the_last_record_referencing_it(tmp_path):
+    with Repo.create(tmp_path / "r", DID) as repo, ServerThread(make_app([tmp_path / "r"])) as server:
+        ref = repo.put_blob(b"shared image", "image/png")
+        repo.put(POST, "a", with_image(1, ref))
+        repo.put(POST, "b", with_image(2, ref))
+        since = repo.rev
+        params = {"did": DID, "cid": ref.cid.encode()}
+        listed = lambda: call_json(server.url, "listBlobs", {"did": DID})["cids"]  # noqa: E731
+        assert listed() == [ref.cid.encode()]
+        repo.delete(POST, "a")
+        assert listed() == [ref.cid.encode()]  # "b" still references it
+        assert call(server.url, SYNC + "getBlob", params)[2] == b"shared image"
+        repo.delete(POST, "b")
+        assert listed() == []
+        status, _headers, body = call(server.url, SYNC + "getBlob", params)
+        assert status == 400 and json.loads(body)["error"] == "BlobNotFound"
+        assert call_json(server.url, "listBlobs", {"did": DID, "since": since})["cids"] == []
+        assert repo.blob(ref.cid) == b"shared image"  # the file stays until gc
+        repo.put(POST, "c", with_image(3, ref))
+        assert listed() == [ref.cid.encode()]
+        assert call(server.url, SYNC + "getBlob", params)[2] == b"shared image"
+
+
 @pytest.mark.parametrize("data", [b"a corrupt small blob", BIG_BLOB[::-1]])
-def test_a_corrupt_blob_file_is_never_delivered_whole(tmp_path, data):
-    with Repo.create(tmp_path / "r", DID) as repo:
-        cid = repo.put_blob(data, "image/png").cid
+def test_a_corrupt_blob_file_is_an_error_before_any_byte_is_sent(tmp_path, data):
+    cid = repo_with_blob(tmp_path / "r", data)
     path = BlobStore(tmp_path / "r" / "blobs").path_for(cid)
-    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same size, last byte (last segment) altered
     with ServerThread(make_app([tmp_path / "r"], chunk_size=4096)) as server:
-        with pytest.raises((http.client.IncompleteRead, ConnectionError, urllib.error.URLError)):
-            call(server.url, SYNC + "getBlob", {"did": DID, "cid": cid.encode()})
+        status, headers, body = call(server.url, SYNC + "getBlob", {"did": DID, "cid": cid.encode()})
+        assert status == 500 and headers["Content-Type"].startswith("application/json")
+        assert json.loads(body)["error"] == "InternalServerError" and len(body) < 200
         # the server survives and answers the next request
         assert call(server.url, SYNC + "getLatestCommit", {"did": DID})[0] == 200
+
+
+# -- hostile blob files (issue 12, item 7) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", HOSTILE)
+def test_a_hostile_blob_file_answers_an_error_at_once_and_sends_none_of_it(tmp_path, how):
+    cid = repo_with_blob(tmp_path / "r", BIG_BLOB)
+    plant(BlobStore(tmp_path / "r" / "blobs").path_for(cid), how, BIG_BLOB, tmp_path / "outside")
+    with ServerThread(make_app([tmp_path / "r"])) as server:
+        started = time.monotonic()
+        status, headers, body = call(server.url, SYNC + "getBlob", {"did": DID, "cid": cid.encode()})
+        assert time.monotonic() - started < 2
+        assert status == 500 and headers["Content-Type"].startswith("application/json"), body[:100]
+        assert json.loads(body) == {
+            "error": "InternalServerError",
+            "message": f"blob {cid.encode()} is damaged on this server",
+        }
+        assert call(server.url, SYNC + "getLatestCommit", {"did": DID})[0] == 200
+
+
+def test_fifos_in_blobs_do_not_hold_the_worker_threads(tmp_path):
+    cid = repo_with_blob(tmp_path / "r", b"image")
+    plant(BlobStore(tmp_path / "r" / "blobs").path_for(cid), "fifo", b"image", tmp_path / "outside")
+    with ServerThread(make_app([tmp_path / "r"])) as server:
+        started = time.monotonic()
+        params = {"did": DID, "cid": cid.encode()}
+        with ThreadPoolExecutor(40) as pool:  # far more requests than the server's worker threads
+            statuses = list(pool.map(lambda _: call(server.url, SYNC + "getBlob", params)[0], range(40)))
+        assert statuses == [500] * 40
+        assert call(server.url, SYNC + "getLatestCommit", {"did": DID})[0] == 200
+        assert time.monotonic() - started < 5
+
+
+def test_a_slow_first_count_of_referenced_blobs_holds_one_worker_thread(tmp_path, monkeypatch):
+    cid = repo_with_blob(tmp_path / "r", b"image")
+    release = threading.Event()
+    counted = blobs_module.blob_names_in
+
+    def slow(record, data):
+        release.wait(10)  # a repository with a million records
+        return counted(record, data)
+
+    monkeypatch.setattr(blobs_module, "blob_names_in", slow)
+    with ServerThread(make_app([tmp_path / "r"])) as server, ThreadPoolExecutor(20) as pool:
+        params = {"did": DID, "cid": cid.encode()}
+        waiting = [pool.submit(call, server.url, SYNC + "getBlob", params) for _ in range(20)]
+        time.sleep(0.3)
+        try:
+            started = time.monotonic()
+            assert call(server.url, SYNC + "getLatestCommit", {"did": DID})[0] == 200
+            assert time.monotonic() - started < 1
+        finally:
+            release.set()
+        assert [future.result()[2] for future in waiting] == [b"image"] * 20
+
+
+def test_a_blob_file_changed_after_its_check_is_cut_before_the_changed_bytes(tmp_path, monkeypatch):
+    cid = repo_with_blob(tmp_path / "r", BIG_BLOB)
+    checked_segments = BlobFile.segments
+
+    def segments_after_a_change(self):  # the file changes in place between the check and the send
+        with open(self.path, "r+b") as stream:
+            stream.seek(SEGMENT_BYTES + 10)
+            stream.write(b"CHANGED")
+        return checked_segments(self)
+
+    monkeypatch.setattr(BlobFile, "segments", segments_after_a_change)
+    with ServerThread(make_app([tmp_path / "r"])) as server:
+        url = f"{server.url}/xrpc/{SYNC}getBlob?did={DID}&cid={cid.encode()}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.headers["Content-Length"] == str(len(BIG_BLOB))
+            with pytest.raises(http.client.IncompleteRead) as cut:
+                response.read()
+    assert cut.value.partial == BIG_BLOB[:SEGMENT_BYTES]  # the first segment, checked again; nothing after
+
+
+# -- stalling clients, paths, stopping (issue 12, item 8) ---------------------------------------------
+
+HEADER_TIMEOUT, IDLE_TIMEOUT = 0.5, 1.5
+REQUEST_HEAD = b"GET /xrpc/com.atproto.sync.listRepos HTTP/1.1\r\nHost: pypds\r\n"
+
+
+class TimedServer(ServerThread):
+    """:class:`ServerThread` with :func:`start_server`'s timeouts."""
+
+    def __init__(self, app, **timeouts) -> None:
+        super().__init__(app)
+        self.timeouts = timeouts
+
+    async def _main(self) -> None:
+        server = await start_server(self.app, LOOPBACK, 0, **self.timeouts)
+        try:
+            self.url = server.url
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            self._ready.set()
+            await self._stop.wait()
+        finally:
+            await server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def strict(world):
+    """The world's repositories behind short timeouts."""
+    app = make_app([world["base"] / "alice"])
+    with TimedServer(app, header_timeout=HEADER_TIMEOUT, idle_timeout=IDLE_TIMEOUT) as server:
+        yield server.url
+
+
+def raw_connection(url: str, receive_buffer: int | None = None) -> socket.socket:
+    parts = urllib.parse.urlsplit(url)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(10)
+    sock.connect((parts.hostname, parts.port))
+    return sock
+
+
+def read_until_cut(sock: socket.socket) -> int:
+    """Read (and drop) until the server closes the connection; returns the bytes read."""
+    total = 0
+    try:
+        while chunk := sock.recv(1 << 16):
+            total += len(chunk)
+    except ConnectionResetError:
+        pass
+    return total
+
+
+def test_a_client_that_never_finishes_its_headers_is_cut_after_the_header_timeout(strict):
+    with raw_connection(strict) as sock:
+        started = time.monotonic()
+        sock.sendall(REQUEST_HEAD)  # no blank line: the headers never end
+        assert read_until_cut(sock) == 0
+        assert HEADER_TIMEOUT - 0.05 < time.monotonic() - started < HEADER_TIMEOUT + 1
+
+
+def test_trickled_header_bytes_do_not_extend_the_header_timeout(strict):
+    with raw_connection(strict) as sock:
+        started = time.monotonic()
+        with pytest.raises(OSError):  # the connection is cut mid-trickle
+            for _ in range(200):  # 10 s of trickle if nothing cut it
+                sock.sendall(b"X-Slow: a\r\n" if _ else REQUEST_HEAD)
+                time.sleep(0.05)
+        assert HEADER_TIMEOUT - 0.05 < time.monotonic() - started < HEADER_TIMEOUT + 1
+
+
+def test_a_silent_connection_is_cut_after_the_idle_timeout(strict):
+    with raw_connection(strict) as sock:
+        started = time.monotonic()
+        assert read_until_cut(sock) == 0
+        assert IDLE_TIMEOUT - 0.05 < time.monotonic() - started < IDLE_TIMEOUT + 1  # not the header timeout
+
+
+def test_a_kept_alive_connection_serves_requests_then_is_cut_when_idle(strict):
+    parts = urllib.parse.urlsplit(strict)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    for _ in range(3):  # each request restarts the idle clock
+        connection.request("GET", f"/xrpc/{SYNC}getLatestCommit?did={DID}")
+        response = connection.getresponse()
+        assert response.status == 200 and json.loads(response.read())["rev"]
+        time.sleep(IDLE_TIMEOUT / 2)
+    started = time.monotonic()
+    assert read_until_cut(connection.sock) == 0
+    assert IDLE_TIMEOUT / 2 - 0.3 < time.monotonic() - started < IDLE_TIMEOUT / 2 + 1  # from the last response
+    connection.close()
+
+
+def test_a_client_that_stops_reading_is_cut_after_the_idle_timeout(tmp_path):
+    data = bytes(range(256)) * (96 << 10)  # 24 MiB: more than every buffer between the two ends
+    cid = repo_with_blob(tmp_path / "r", data)
+    with TimedServer(make_app([tmp_path / "r"]), idle_timeout=IDLE_TIMEOUT) as server:
+        with raw_connection(server.url, receive_buffer=16 << 10) as sock:
+            sock.sendall(f"GET /xrpc/{SYNC}getBlob?did={DID}&cid={cid.encode()} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert sock.recv(100).startswith(b"HTTP/1.1 200")
+            time.sleep(IDLE_TIMEOUT + 1)  # reads nothing
+            started = time.monotonic()
+            received = read_until_cut(sock)
+            assert received < len(data) // 2  # cut mid-response: the write waited on this client
+            assert time.monotonic() - started < 5
+        assert call(server.url, SYNC + "getLatestCommit", {"did": DID})[0] == 200
+
+
+def test_a_blob_is_not_hashed_for_a_client_that_went_away(tmp_path, monkeypatch):
+    cid = repo_with_blob(tmp_path / "r", bytes(range(256)) * (32 << 10))  # 8 MiB: 8 check steps
+    steps = []
+    checking = BlobFile.check
+
+    def slow_check(self):
+        for done in checking(self):
+            steps.append(done)
+            time.sleep(0.1)
+            yield done
+
+    monkeypatch.setattr(BlobFile, "check", slow_check)
+    with ServerThread(make_app([tmp_path / "r"])) as server:
+        with raw_connection(server.url) as sock:
+            sock.sendall(f"GET /xrpc/{SYNC}getBlob?did={DID}&cid={cid.encode()} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            while not steps:
+                time.sleep(0.01)
+        time.sleep(0.5)
+        seen = len(steps)
+        time.sleep(0.5)
+        assert len(steps) == seen < 8
+
+
+def test_stalling_clients_do_not_keep_others_waiting(strict):
+    stallers = [raw_connection(strict) for _ in range(50)]
+    try:
+        for sock in stallers:
+            sock.sendall(REQUEST_HEAD)
+        started = time.monotonic()
+        assert call(strict, SYNC + "listRepos")[0] == 200
+        assert time.monotonic() - started < 1
+    finally:
+        for sock in stallers:
+            sock.close()
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("inf"), float("nan"), "10", True])
+def test_timeouts_must_be_positive_numbers(world, timeout):
+    with pytest.raises(InvalidInput, match="idle_timeout"):
+        make_app([world["base"] / "alice"], idle_timeout=timeout)
+
+    async def start() -> None:
+        await start_server(make_app([]), LOOPBACK, 0, header_timeout=timeout)
+
+    with pytest.raises(InvalidInput, match="header_timeout"):
+        asyncio.run(start())
+
+
+def start_serving(*args: str) -> tuple[subprocess.Popen, str]:
+    """``pypds serve ARGS --port 0`` in a subprocess; returns it and its URL once it listens."""
+    command = [sys.executable, "-m", "pypds.cli", "serve", *args, "--port", "0"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    line = process.stderr.readline()
+    match = re.search(r" at (http://\S+) ", line)
+    if match is None:
+        process.kill()
+        raise AssertionError(f"pypds serve did not start: {line}{process.stderr.read()}")
+    return process, match.group(1)
+
+
+def open_streams(url: str, cid: CID) -> list[socket.socket]:
+    """Connections in every state: blob downloads that stopped reading, a CAR download,
+    a client stalled in its headers, an idle one."""
+    streams = []
+    for path in [f"getBlob?did={DID}&cid={cid.encode()}"] * 3 + [f"getRepo?did={DID}"]:
+        sock = raw_connection(url, receive_buffer=16 << 10)
+        sock.sendall(f"GET /xrpc/{SYNC}{path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert sock.recv(100).startswith(b"HTTP/1.1 200")
+        streams.append(sock)
+    streams.append(raw_connection(url))
+    streams[-1].sendall(REQUEST_HEAD)
+    streams.append(raw_connection(url))
+    return streams
+
+
+def test_sigterm_with_open_streams_stops_within_the_documented_time(tmp_path):
+    cid = repo_with_blob(tmp_path / "r", bytes(range(256)) * (64 << 10))  # 16 MiB
+    process, url = start_serving(str(tmp_path / "r"))
+    streams = []
+    try:
+        streams = open_streams(url, cid)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+        assert time.monotonic() - started < SHUTDOWN_TIMEOUT
+    finally:
+        process.kill()
+        process.stderr.close()
+        for sock in streams:
+            sock.close()
+
+
+def test_serve_timeouts_are_command_line_options(tmp_path):
+    Repo.create(tmp_path / "r", DID).close()
+    process, url = start_serving(str(tmp_path / "r"), "--header-timeout", "0.3", "--idle-timeout", "5")
+    try:
+        with raw_connection(url) as sock:
+            started = time.monotonic()
+            sock.sendall(REQUEST_HEAD)
+            assert read_until_cut(sock) == 0
+            assert time.monotonic() - started < 1.3
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+        process.stderr.close()
 
 
 # -- getRecord ------------------------------------------------------------------------------------
@@ -328,11 +674,39 @@ def test_a_post_to_a_query_is_invalid_request(world):
     assert "GET" in assert_xrpc_error(world, "getRepo", {"did": DID}, 400, "InvalidRequest", http_method="POST")
 
 
-def test_paths_outside_xrpc_are_plain_404(world):
-    with pytest.raises(urllib.error.HTTPError) as caught:
-        urllib.request.urlopen(world["url"] + "/", timeout=5)
-    assert caught.value.code == 404
-    caught.value.close()
+def get_path(url: str, path: str) -> tuple[int, dict, bytes]:
+    try:
+        with urllib.request.urlopen(url + path, timeout=5) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, dict(error.headers), error.read()
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "name"),
+    [
+        ("/", 404, "NotFound"),
+        ("/favicon.ico", 404, "NotFound"),
+        ("/xrpc", 404, "NotFound"),
+        ("/XRPC/com.atproto.sync.listRepos", 404, "NotFound"),
+        ("/xrpc/", 400, "InvalidRequest"),
+        ("/xrpc/not%20an%20nsid", 400, "InvalidRequest"),
+        ("/xrpc/com.atproto.sync.listRepos/extra", 400, "InvalidRequest"),
+        ("/xrpc/..%2F..%2Fetc", 400, "InvalidRequest"),
+        ("/xrpc/com.example.nothing", 501, "MethodNotImplemented"),
+    ],
+)
+def test_every_path_answers_the_xrpc_error_shape(world, path, status, name):
+    code, headers, body = get_path(world["url"], path)
+    assert code == status and headers["Content-Type"].startswith("application/json")
+    error = json.loads(body)
+    assert error["error"] == name and error["message"]
+
+
+def test_a_trailing_slash_after_the_nsid_is_accepted(world):
+    code, _headers, body = get_path(world["url"], "/xrpc/com.atproto.sync.listRepos/")
+    assert code == 200 and len(json.loads(body)["repos"]) == 3
 
 
 def test_responses_allow_cross_origin_reads(world):

@@ -57,13 +57,30 @@ def _http_url(value: str | None, option: str) -> str | None:
     show_default=True,
     help="Port to listen on (0: any free port, printed at start).",
 )
-def serve_cmd(paths: tuple[str, ...], host: str, port: int) -> None:
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Cut a connection whose request headers are not complete this long after their first byte.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Cut a connection with no request in progress that sends nothing, or does not read, this long.",
+)
+def serve_cmd(paths: tuple[str, ...], host: str, port: int, header_timeout: float, idle_timeout: float) -> None:
     """Serve repositories read-only over XRPC (com.atproto.sync.*) until Ctrl-C.
 
     Answers getRepo (with since), getBlocks, getRecord, getLatestCommit,
     getRepoStatus, listRepos, listBlobs and getBlob for each repository,
     keyed by its DID. CARs and blobs are streamed from the store. The
-    address is printed on stderr once the server listens.
+    address is printed on stderr once the server listens. SIGINT or SIGTERM
+    stops it within 2 seconds.
 
     \b
     Example:
@@ -81,7 +98,7 @@ def serve_cmd(paths: tuple[str, ...], host: str, port: int) -> None:
         count = f"{len(dids)} repositor{'y' if len(dids) == 1 else 'ies'}"
         click.echo(f"serving {count} at {url} ({', '.join(dids)}); Ctrl-C to stop", err=True)
 
-    serve(list(paths), host, port, on_ready=ready)
+    serve(list(paths), host, port, header_timeout=header_timeout, idle_timeout=idle_timeout, on_ready=ready)
 
 
 # -- download ----------------------------------------------------------------------------------

@@ -359,7 +359,7 @@ def blob_ls_cmd(path: str, as_json: bool) -> None:
       pypds blob ls ./alice
     """
     with open_repo(path) as repo:
-        cids = repo.list_blobs()
+        cids = repo.list_blobs(stored=True)
         folder = repo.path / "blobs"
     sizes = []
     for cid in cids:
