@@ -21,6 +21,7 @@ from .errors import (
     BlockHashMismatch,
     CarFormatError,
     DidMismatch,
+    DiskFull,
     HandleMismatch,
     IntegrityError,
     InvalidCbor,
@@ -51,7 +52,10 @@ from .errors import (
     ResolveError,
     ResponseTooLarge,
     SchemaVersionError,
+    SigningKeyMismatch,
     SigningKeyRequired,
+    StorageError,
+    StoreDamaged,
 )
 from .firehose import VerifiedCommit, verify_commit_message
 from .keys import (
@@ -124,6 +128,7 @@ __all__ = [
     "CarWriter",
     "Commit",
     "DidMismatch",
+    "DiskFull",
     "GcReport",
     "IntegrityError",
     "InvalidCbor",
@@ -156,7 +161,10 @@ __all__ = [
     "RepoStateError",
     "SchemaVersionError",
     "SigningKey",
+    "SigningKeyMismatch",
     "SigningKeyRequired",
+    "StorageError",
+    "StoreDamaged",
     "check_car_order",
     "cid_for_cbor",
     "cid_for_raw",

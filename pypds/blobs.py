@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .cid import CID, RAW_PREFIX, cid_for_raw
 from .errors import BlockHashMismatch, InvalidInput
-from .files import TEMP_PREFIX, atomic_file, fsync_dir
+from .files import PRIVATE_DIR_MODE, TEMP_PREFIX, atomic_file, disk_full_as_error, fsync_dir
 
 __all__ = ["BlobRef", "BlobStore", "blob_refs"]
 
@@ -100,17 +100,19 @@ class BlobStore:
         if final.exists() and self._matches(final, cid):
             return cid
         self._make_dirs(final.parent)
-        with atomic_file(final) as out:
+        with atomic_file(final, private=True) as out:
             out.write(data)
         fsync_dir(final.parent)
         return cid
 
     def _make_dirs(self, shard: Path) -> None:
-        """Create ``blobs/`` and the shard directory durably (their entries fsynced)."""
+        """Create ``blobs/`` and the shard directory durably (their entries fsynced), mode 0700."""
         for directory in (self.root, shard):
             if not directory.is_dir():
-                directory.mkdir(exist_ok=True)
-                fsync_dir(directory.parent)
+                with disk_full_as_error(directory):
+                    directory.mkdir(PRIVATE_DIR_MODE, exist_ok=True)
+                    directory.chmod(PRIVATE_DIR_MODE)
+                    fsync_dir(directory.parent)
 
     def remove_stale_temps(self, older_than: float = STALE_TEMP_SECONDS) -> int:
         """Delete temporary files left by interrupted writes; returns how many.

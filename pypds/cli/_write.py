@@ -16,18 +16,24 @@ from ._common import (
     CID_TYPE,
     DID_TYPE,
     DIDKEY_TYPE,
+    KEY_ENV,
+    MAX_BLOB_INPUT_BYTES,
     InputError,
     Progress,
+    Signer,
     binary_output,
     echo,
     emit_json,
+    env_key,
+    given_key,
     human_size,
     json_option,
-    load_key,
+    key_file_option,
     open_input,
     open_repo,
     print_rows,
     quiet_option,
+    read_capped,
     read_json_input,
     resolve_commit,
     signing_key_options,
@@ -43,23 +49,37 @@ from ._common import (
     "--key",
     "key_spec",
     metavar="HEX|k256|p256",
-    help="Signing key to store: 64 hex characters, or k256 / p256 to generate one on that curve "
-    "(default: generate a k256 key).",
+    help="k256 / p256 to generate a key on that curve (default: k256), or a key to store as 64 hex "
+    "characters: other users can read command lines (ps), so prefer --signing-key-file or "
+    f"{KEY_ENV} for an existing key.",
 )
+@key_file_option
 @click.option(
-    "--curve", type=click.Choice(["k256", "p256"]), default="k256", show_default=True, help="Curve of a hex --key."
+    "--curve", type=click.Choice(["k256", "p256"]), default="k256", show_default=True, help="Curve of a given key."
 )
 @json_option
-def init_cmd(path: str, did: str, key_spec: str | None, curve: str, as_json: bool) -> None:
+def init_cmd(
+    path: str, did: str, key_spec: str | None, signing_key_file: str | None, curve: str, as_json: bool
+) -> None:
     """Create a repository (a directory) with a signed commit over the empty tree.
 
-    The signing key is stored in the repository, so later writes need no key.
+    The signing key is stored in the repository (pds.db, mode 0600), so
+    later writes need no key. It is a new key unless one is given with
+    --signing-key-file, --key HEX or the PYPDS_SIGNING_KEY environment
+    variable (in that order). The key itself is never printed: only its
+    did:key.
 
     \b
-    Example:
+    Examples:
       pypds init ./alice --did did:plc:ewvi7nxzyoun6zhxrhs64oiz --key p256
+      pypds init ./alice --did did:plc:ewvi7nxzyoun6zhxrhs64oiz --signing-key-file alice.key
     """
-    key = generate_signing_key(key_spec) if key_spec in ("k256", "p256") else load_key(key_spec, curve)
+    if key_spec in ("k256", "p256"):
+        if signing_key_file is not None:
+            raise click.UsageError(f"--key {key_spec} generates a key: do not give --signing-key-file too")
+        key = generate_signing_key(key_spec)
+    else:
+        key = given_key(key_spec, signing_key_file, curve, "key_spec") or env_key(curve)
     if Path(path).is_file():
         raise InputError(f"{path} is a file, not a directory")
     with Repo.create(path, did, signing_key=key, store_key=True) as repo:
@@ -166,9 +186,7 @@ def export_cmd(path: str, output: str | None, commit_spec: str | None, as_json: 
 @click.argument("file", metavar="FILE|-")
 @signing_key_options
 @json_option
-def put_cmd(
-    path: str, collection: str, rkey: str, file: str, signing_key: str | None, curve: str, as_json: bool
-) -> None:
+def put_cmd(path: str, collection: str, rkey: str, file: str, signer: Signer, as_json: bool) -> None:
     """Create or replace a record from atproto JSON (a file, or - for stdin), in one signed commit.
 
     Links are {"$link": "bafy..."}, bytes {"$bytes": "<base64>"}; floats are refused.
@@ -179,7 +197,7 @@ def put_cmd(
         | pypds put ./alice app.bsky.feed.post 3jui7kd54zh2y -
     """
     record = from_json(read_json_input(file))
-    with open_repo(path, signing_key=load_key(signing_key, curve), writable=True) as repo:
+    with open_repo(path, signer=signer) as repo:
         cid = repo.put(collection, rkey, record)
         info = {"path": f"{collection}/{rkey}", "cid": cid.encode(), "commit": repo.head.encode(), "rev": repo.rev}
     _print_info(info, as_json)
@@ -191,14 +209,14 @@ def put_cmd(
 @click.argument("rkey")
 @signing_key_options
 @json_option
-def rm_cmd(path: str, collection: str, rkey: str, signing_key: str | None, curve: str, as_json: bool) -> None:
+def rm_cmd(path: str, collection: str, rkey: str, signer: Signer, as_json: bool) -> None:
     """Delete a record in one signed commit.
 
     \b
     Example:
       pypds rm ./alice app.bsky.feed.post 3jui7kd54zh2y
     """
-    with open_repo(path, signing_key=load_key(signing_key, curve), writable=True) as repo:
+    with open_repo(path, signer=signer) as repo:
         repo.delete(collection, rkey)
         info = {"path": f"{collection}/{rkey}", "commit": repo.head.encode(), "rev": repo.rev}
     _print_info(info, as_json)
@@ -317,8 +335,7 @@ def blob_put_cmd(path: str, file: str, mime: str | None, as_json: bool) -> None:
         mime = mimetypes.guess_type(file)[0] if file != "-" else None
         if mime is None:
             raise click.UsageError(f"cannot guess the MIME type of {file}: pass --mime TYPE")
-    with open_input(file) as (stream, _size):
-        data = stream.read()
+    data = read_capped(file, MAX_BLOB_INPUT_BYTES, "max_blob_input_bytes")
     with open_repo(path) as repo:
         ref = repo.put_blob(data, mime)
     if as_json:
