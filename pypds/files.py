@@ -92,24 +92,29 @@ def create_private_file(path: Path) -> None:
         os.close(fd)
 
 
-def make_private_dirs(directory: Path) -> None:
+def make_private_dirs(directory: Path) -> Path | None:
     """Create ``directory`` and any missing parents, each new one with mode ``0700``.
 
-    Directories that already exist are left as they are.
+    Directories that already exist are left as they are. Returns the
+    outermost directory created (None if there was none), for cleaning up.
     """
     missing: list[Path] = []
     current = directory.absolute()
     while not current.exists():
         missing.append(current)
         current = current.parent
+    outermost = None
     for path in reversed(missing):
         try:
             path.mkdir(PRIVATE_DIR_MODE)
         except FileExistsError:
             if not path.is_dir():
                 raise
-            continue  # made by another process meanwhile: not ours to change
+            continue  # made by another process meanwhile: not ours to change or remove
         os.chmod(path, PRIVATE_DIR_MODE)
+        if outermost is None:
+            outermost = path
+    return outermost
 
 
 def fsync_dir(path: Path) -> None:

@@ -35,6 +35,7 @@ other SQLite I/O failures :class:`StorageError`; never a bare apsw error.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import warnings
 from collections.abc import Iterable, Iterator
@@ -48,6 +49,7 @@ from .cid import CID, check_cid_bytes
 from .errors import (
     DiskFull,
     InvalidCid,
+    InvalidInput,
     PypdsError,
     RepoBusy,
     RepoExists,
@@ -113,6 +115,21 @@ _META_TYPES: dict[str, type] = {
 _DB_SUFFIXES = ("", "-wal", "-shm", "-journal")
 
 
+def _sqlite_name(path: Path) -> str:
+    """The file name to give SQLite, which takes UTF-8: a path with undecodable bytes is refused."""
+    name = str(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"repository path {shown(name)} is not valid UTF-8, which SQLite needs") from None
+    return name
+
+
+def _remove_tree(directory: Path | None) -> None:
+    if directory is not None:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def storage_error(exc: apsw.Error, where: str | os.PathLike) -> PypdsError:
     """The typed pypds error for an SQLite failure on the store at ``where``."""
     if isinstance(exc, apsw.FullError):
@@ -137,20 +154,32 @@ class Store:
     def create(cls, directory: Path, *, durability: str = "full", busy_timeout: float = 5.0) -> Store:
         """Create ``pds.db`` (mode 0600) in ``directory``, making the directory (0700) if needed."""
         path = directory / DB_NAME
+        name = _sqlite_name(path)
         if path.exists():
             raise RepoExists(f"a repository already exists at {directory}")
         with disk_full_as_error(directory):
-            make_private_dirs(directory)
+            made = make_private_dirs(directory)
             try:
                 create_private_file(path)  # before SQLite: it gives -wal and -shm this file's mode
             except FileExistsError:
                 raise RepoExists(f"a repository already exists at {directory}") from None
+            except BaseException:
+                _remove_tree(made)
+                raise
+        conn = None
         try:
-            conn = apsw.Connection(str(path))
+            conn = apsw.Connection(name)
             store = cls(conn, path)
             store._configure(durability, busy_timeout)
-        except apsw.Error as exc:
-            raise storage_error(exc, path) from None
+        except BaseException as exc:
+            if conn is not None:
+                conn.close()
+            for suffix in _DB_SUFFIXES:
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            _remove_tree(made)
+            if isinstance(exc, apsw.Error):
+                raise storage_error(exc, path) from None
+            raise
         return store
 
     def init_schema(self) -> None:
@@ -163,8 +192,9 @@ class Store:
         path = directory / DB_NAME
         if not path.is_file():
             raise RepoNotFound(f"no repository at {directory} ({DB_NAME} not found)")
+        name = _sqlite_name(path)
         try:
-            conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
+            conn = apsw.Connection(name, flags=apsw.SQLITE_OPEN_READWRITE)
         except apsw.Error as exc:
             raise storage_error(exc, path) from None
         conn.set_busy_timeout(int(busy_timeout * 1000))  # before the first read: a closing peer may lock briefly
@@ -209,22 +239,23 @@ class Store:
         """Make the database files owner-only if the store holds a private key and others can read them."""
         if self.get_meta("signing_key") is None:
             return
+        exposed: list[str] = []
         for suffix in _DB_SUFFIXES:
             path = Path(f"{self.path}{suffix}")
             try:
                 mode = stat.S_IMODE(path.stat().st_mode)
+                if mode & 0o077:
+                    path.chmod(PRIVATE_FILE_MODE)
             except FileNotFoundError:
                 continue
-            if not mode & 0o077:
-                continue
-            try:
-                path.chmod(PRIVATE_FILE_MODE)
             except OSError as exc:
-                warnings.warn(
-                    f"{path} holds a private signing key and is readable by other users "
-                    f"(mode {mode:o}); could not restrict it: {exc.strerror}",
-                    stacklevel=4,
-                )
+                exposed.append(f"{path.name} (mode {mode:o}: {exc.strerror})")
+        if exposed:
+            warnings.warn(
+                f"{self.path} holds a private signing key and is readable by other users; "
+                f"could not restrict {', '.join(exposed)}",
+                stacklevel=4,
+            )
 
     def _migrate(self) -> None:
         """Bring an older store up to SCHEMA_VERSION, in one transaction."""
