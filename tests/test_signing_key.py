@@ -297,3 +297,28 @@ def test_the_command_line_code_never_reads_the_private_scalar():
     for source in cli_dir.glob("*.py"):
         text = source.read_text()
         assert "to_bytes(" not in text and "get_meta(" not in text, source
+
+
+def test_a_key_kept_outside_the_repository_is_never_written_into_it(tmp_path, capsys):
+    root = tmp_path / "r"
+    keyfile = key_file(tmp_path, KEY_A)
+    code, _out, err = run(capsys, "init", root, "--did", DID, "--signing-key-file", keyfile, "--no-store-key")
+    assert code == 0, err
+    stored = b"".join(path.read_bytes() for path in root.rglob("*") if path.is_file())
+    assert KEY_A.encode() not in stored and bytes.fromhex(KEY_A) not in stored
+    with Repo.open(root) as repo:
+        assert repo.signing_key is None
+        repo.commit().verify(load_signing_key(KEY_A).public_key)
+    record = tmp_path / "post.json"
+    record.write_text(json.dumps(post(1)))
+    code, _out, err = run(capsys, "put", root, POST, "a", record)
+    assert code == 2 and "--signing-key-file" in err
+    assert run(capsys, "put", root, POST, "a", record, "--signing-key-file", keyfile)[0] == 0
+
+
+@pytest.mark.parametrize("extra", [[], ["--key", "p256"]])
+def test_no_store_key_needs_a_key_the_user_keeps(tmp_path, capsys, monkeypatch, extra):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    code, out, err = run(capsys, "init", tmp_path / "r", "--did", DID, "--no-store-key", *extra)
+    assert code == 2 and out == "" and "needs a key you keep" in err
+    assert not (tmp_path / "r").exists()

@@ -264,6 +264,24 @@ def test_a_commit_block_with_the_wrong_type_is_named(tmp_path):
         Repo.open(tmp_path / "r")
 
 
+@pytest.mark.parametrize("page", [2, 3, 5])
+def test_a_corrupt_page_is_store_damaged(tmp_path, capsys, page):
+    root = tmp_path / "r"
+    with Repo.create(root, DID) as repo, repo.batch() as batch:
+        for i in range(300):
+            batch.put(POST, f"p{i:03d}", post(i))
+    with open(root / "pds.db", "r+b") as db:
+        db.seek((page - 1) * 4096)
+        db.write(b"\xa5" * 4096)
+    before = files_digest(root)
+    with pytest.raises(StoreDamaged, match="malformed"), Repo.open(root) as repo:  # opening, or reading
+        repo.export_car()
+    code = main(["export", str(root), "-o", str(tmp_path / "out.car")])
+    err = capsys.readouterr().err
+    assert code == 1 and "is damaged" in err and err.count("\n") == 1, err
+    assert files_digest(root) == before and not (tmp_path / "out.car").exists()
+
+
 # -- a full disk -----------------------------------------------------------------------------
 
 

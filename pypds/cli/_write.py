@@ -57,17 +57,29 @@ from ._common import (
 @click.option(
     "--curve", type=click.Choice(["k256", "p256"]), default="k256", show_default=True, help="Curve of a given key."
 )
+@click.option(
+    "--no-store-key",
+    is_flag=True,
+    help="Do not keep the given key in the repository: give it again (--signing-key-file or "
+    f"{KEY_ENV}) on every write.",
+)
 @json_option
 def init_cmd(
-    path: str, did: str, key_spec: str | None, signing_key_file: str | None, curve: str, as_json: bool
+    path: str,
+    did: str,
+    key_spec: str | None,
+    signing_key_file: str | None,
+    curve: str,
+    no_store_key: bool,
+    as_json: bool,
 ) -> None:
     """Create a repository (a directory) with a signed commit over the empty tree.
 
     The signing key is stored in the repository (pds.db, mode 0600), so
-    later writes need no key. It is a new key unless one is given with
-    --signing-key-file, --key HEX or the PYPDS_SIGNING_KEY environment
-    variable (in that order). The key itself is never printed: only its
-    did:key.
+    later writes need no key, unless --no-store-key. It is a new key unless
+    one is given with --signing-key-file, --key HEX or the PYPDS_SIGNING_KEY
+    environment variable (in that order). The key itself is never printed:
+    only its did:key.
 
     \b
     Examples:
@@ -80,9 +92,11 @@ def init_cmd(
         key = generate_signing_key(key_spec)
     else:
         key = given_key(key_spec, signing_key_file, curve, "key_spec") or env_key(curve)
+    if no_store_key and (key is None or key_spec in ("k256", "p256")):
+        raise click.UsageError("--no-store-key needs a key you keep: --signing-key-file FILE or " + KEY_ENV)
     if Path(path).is_file():
         raise InputError(f"{path} is a file, not a directory")
-    with Repo.create(path, did, signing_key=key, store_key=True) as repo:
+    with Repo.create(path, did, signing_key=key, store_key=not no_store_key) as repo:
         info = {"path": path, "did": repo.did, "didKey": repo.did_key, "head": repo.head.encode(), "rev": repo.rev}
     _print_info(info, as_json)
 
