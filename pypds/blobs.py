@@ -4,8 +4,10 @@ A blob lives at ``blobs/<first two characters of its CID>/<CID>`` (raw-codec
 CIDv1, sha2-256). Writes go to a temporary file in the same directory, are
 fsynced and renamed into place, so an interrupted write never leaves a
 partial file under a final name; new directories are fsynced into their
-parents. Temporary files left by a killed writer are removed when a
-repository is next opened (once they are an hour old). Reads are checked
+parents. Files are created 0600 and directories 0700, whatever the umask; a
+full disk raises :class:`~pypds.errors.DiskFull` and leaves no file.
+Temporary files left by a killed writer are removed when a repository is
+next opened (once they are an hour old). Reads are checked
 against the CID: a truncated or altered file raises :class:`BlockHashMismatch`.
 """
 

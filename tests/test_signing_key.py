@@ -322,3 +322,14 @@ def test_no_store_key_needs_a_key_the_user_keeps(tmp_path, capsys, monkeypatch, 
     code, out, err = run(capsys, "init", tmp_path / "r", "--did", DID, "--no-store-key", *extra)
     assert code == 2 and out == "" and "needs a key you keep" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_importing_a_car_signed_by_another_key_warns_that_writes_will_need_rotate_key(alice, tmp_path, capsys):
+    with Repo.create(tmp_path / "src", DID, signing_key=KEY_B) as src:
+        src.put(POST, "z", post(7))
+        src.export_car(tmp_path / "other.car")
+    code, _out, err = run(capsys, "import", alice, tmp_path / "other.car")
+    assert code == 0
+    assert err.startswith("pypds: warning: HEAD of") and "--rotate-key" in err and err.count("\n") == 1
+    code, _out, err = run(capsys, "import", alice, tmp_path / "other.car")  # the same again: still B's
+    assert code == 0 and "--rotate-key" in err

@@ -37,6 +37,7 @@ from ._common import (
     read_json_input,
     resolve_commit,
     signing_key_options,
+    warn,
 )
 
 # -- init, import, export ------------------------------------------------------------
@@ -77,9 +78,9 @@ def init_cmd(
 
     The signing key is stored in the repository (pds.db, mode 0600), so
     later writes need no key, unless --no-store-key. It is a new key unless
-    one is given with --signing-key-file, --key HEX or the PYPDS_SIGNING_KEY
-    environment variable (in that order). The key itself is never printed:
-    only its did:key.
+    one is given with --signing-key-file or --key HEX, or else in the
+    PYPDS_SIGNING_KEY environment variable. The key itself is never
+    printed: only its did:key.
 
     \b
     Examples:
@@ -133,6 +134,11 @@ def import_cmd(path: str, car: str, key: PublicKey | None, as_json: bool, quiet:
             with open_repo(path) as repo:
                 blocks = repo.import_car(reader, key=key)  # type: ignore[arg-type]
                 head, rev, did = repo.head, repo.rev, repo.did
+                if repo.signing_key_matches_head() is False:
+                    warn(
+                        f"HEAD of {path} is now signed by another key than the stored {repo.did_key}: "
+                        "writes signed by the stored key need --rotate-key"
+                    )
             created = False
         else:
             with Repo.from_car(target, reader, key=key) as repo:  # type: ignore[arg-type]
