@@ -4,8 +4,10 @@ A blob lives at ``blobs/<first two characters of its CID>/<CID>`` (raw-codec
 CIDv1, sha2-256). Writes go to a temporary file in the same directory, are
 fsynced and renamed into place, so an interrupted write never leaves a
 partial file under a final name; new directories are fsynced into their
-parents. Temporary files left by a killed writer are removed when a
-repository is next opened (once they are an hour old).
+parents. Files are created 0600 and directories 0700, whatever the umask; a
+full disk raises :class:`~pypds.errors.DiskFull` and leaves no file.
+Temporary files left by a killed writer are removed when a repository is
+next opened (once they are an hour old).
 
 Tricky bits:
 
@@ -53,7 +55,7 @@ from pathlib import Path
 from . import cbor
 from .cid import CID, RAW_PREFIX, cid_for_raw
 from .errors import BlockHashMismatch, IntegrityError, InvalidCid, InvalidInput, LimitExceeded, MissingBlock
-from .files import TEMP_PREFIX, atomic_file, fsync_dir
+from .files import PRIVATE_DIR_MODE, TEMP_PREFIX, atomic_file, create_private_file, disk_full_as_error, fsync_dir
 from .mst import Node, NodeSource, diff_trees, iter_range
 
 __all__ = [
@@ -190,7 +192,7 @@ class BlobStore:
             return cid
         final = self.path_for(cid)
         self._make_dirs(final.parent)
-        with atomic_file(final) as out:
+        with atomic_file(final, private=True) as out:
             out.write(data)
         fsync_dir(final.parent)
         return cid
@@ -218,15 +220,13 @@ class BlobStore:
         return True
 
     def _make_dirs(self, shard: Path) -> None:
-        """Create ``blobs/`` and the shard directory durably (their entries fsynced)."""
+        """Create ``blobs/`` and the shard directory durably (their entries fsynced), mode 0700."""
         if not self.root.is_dir():
-            self.root.mkdir(exist_ok=True)
-            fsync_dir(self.root.parent)
+            _make_private_dir(self.root)
         try:
             mode = os.lstat(shard).st_mode
         except FileNotFoundError:
-            shard.mkdir(exist_ok=True)
-            fsync_dir(self.root)
+            _make_private_dir(shard)
             mode = os.lstat(shard).st_mode
         if not stat.S_ISDIR(mode):
             raise IntegrityError(f"{shard} is {_kind(mode)}, not a directory: no blob is written through it")
@@ -355,6 +355,13 @@ class BlobStore:
             return stat.S_ISDIR(os.lstat(path.parent).st_mode) and stat.S_ISREG(os.lstat(path).st_mode)
         except OSError:
             return False
+
+
+def _make_private_dir(directory: Path) -> None:
+    with disk_full_as_error(directory):
+        directory.mkdir(PRIVATE_DIR_MODE, exist_ok=True)
+        directory.chmod(PRIVATE_DIR_MODE)
+        fsync_dir(directory.parent)
 
 
 def _is_blob_cid(name: str) -> bool:
@@ -612,10 +619,13 @@ class IncomingBlob:
         self.tmp = self.final.with_name(f"{TEMP_PREFIX}{self.final.name}-{secrets.token_hex(6)}")
         self.size = 0
         self._hash = hashlib.sha256()
-        self._file = open(self.tmp, "xb")  # noqa: SIM115 (closed by finish or discard)
+        with disk_full_as_error(self.final):
+            create_private_file(self.tmp)
+        self._file = open(self.tmp, "r+b")  # noqa: SIM115 (closed by finish or discard)
 
     def write(self, chunk: bytes) -> None:
-        self._file.write(chunk)
+        with disk_full_as_error(self.final):
+            self._file.write(chunk)
         self._hash.update(chunk)
         self.size += len(chunk)
 
@@ -624,11 +634,12 @@ class IncomingBlob:
         do not hash to its CID."""
         if self._hash.digest() != self.cid.cid_bytes[4:]:
             raise BlockHashMismatch(f"blob {self.cid.encode()}: {self.size} bytes received do not hash to its CID")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self.tmp, self.final)
-        fsync_dir(self.final.parent)
+        with disk_full_as_error(self.final):
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self.tmp, self.final)
+            fsync_dir(self.final.parent)
 
     def discard(self) -> None:
         """Close and remove the temporary file (nothing to do after :meth:`finish`)."""

@@ -1,4 +1,9 @@
-"""``repo.blockstore``: raw, hash-checked access to a repository's blocks."""
+"""``repo.blockstore``: raw, hash-checked access to a repository's blocks.
+
+Every block read through it is hashed again against its CID, so a damaged
+store raises :class:`~pypds.errors.BlockHashMismatch` instead of handing out
+(or serving, as getBlocks does) bytes that are not the block.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from . import cbor
 from .cid import CID, cid_for_cbor, parse_cid, verify_block
+from .store import SqliteError, storage_error
 
 if TYPE_CHECKING:
     from .repo import Repo
@@ -29,13 +35,22 @@ class BlockStore:
     @contextmanager
     def _store(self) -> Iterator[Store]:
         with self._repo._lock:
-            yield self._repo._store_or_raise()
+            try:
+                yield self._repo._store_or_raise()
+            except SqliteError as exc:
+                raise storage_error(exc, self._repo.path) from None
 
     def get(self, cid: CID | str) -> bytes | None:
-        """A block's bytes, or None."""
+        """A block's bytes (checked against its CID), or None."""
         cid = parse_cid(cid)
         with self._store() as store:
-            return store.get_block(cid)
+            data = store.get_block(cid)
+        if data is not None:
+            verify_block(cid, data, self._where())
+        return data
+
+    def _where(self) -> str:
+        return f"{self._repo.path} (the store is damaged)"
 
     def has(self, cid: CID | str) -> bool:
         """True if the block is stored."""
@@ -65,6 +80,8 @@ class BlockStore:
         while True:
             with self._store() as store:
                 page = store.blocks_after(after, self.PAGE)
+            for cid, data in page:
+                verify_block(cid, data, self._where())
             yield from page
             if len(page) < self.PAGE:
                 return

@@ -8,6 +8,12 @@ errors of any kind become :class:`InvalidCbor`. On top of the codec:
   anywhere, bounded nesting depth and size.
 * :func:`check_data_model` walks a value iteratively (never recursively, so a
   deep input cannot cause ``RecursionError``).
+
+Trap: a Python ``str`` may hold a lone surrogate (``"\ud800"``, from JSON
+escapes or undecodable command-line bytes), which has no UTF-8 form. Map
+keys are checked for it here (cbrrr reports one in a key as a
+``SystemError`` while sorting keys); string values fail in the encoder,
+which :func:`encode` turns into :class:`InvalidRecord`.
 """
 
 from __future__ import annotations
@@ -29,12 +35,15 @@ __all__ = [
 ]
 
 
-def encode(value: Any) -> bytes:
-    """Encode a value as canonical DAG-CBOR (map keys sorted, shortest ints)."""
+def encode(value: Any, where: str = "") -> bytes:
+    """Encode a value as canonical DAG-CBOR (map keys sorted, shortest ints); InvalidRecord if it cannot be."""
     try:
         return cbrrr.encode_dag_cbor(value)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise InvalidRecord(f"cannot encode as DAG-CBOR: {exc}") from None
+        raise InvalidRecord(f"cannot encode as DAG-CBOR{_at(where)}: {exc}") from None
+    except SystemError as exc:  # cbrrr loses an error raised while sorting map keys
+        cause = exc.__context__ if isinstance(exc.__context__, (TypeError, ValueError)) else exc
+        raise InvalidRecord(f"cannot encode as DAG-CBOR{_at(where)}: {cause}") from None
 
 
 def decode(data: bytes, where: str = "") -> Any:
@@ -63,6 +72,8 @@ def check_data_model(value: Any, where: str = "", limits: Limits = DEFAULT_LIMIT
             for key in container:
                 if type(key) is not str:
                     raise InvalidRecord(f"map key is not a string{_at(where)}: {shown(key)}")
+                if not key.isascii():
+                    _check_unicode(key, where)
             if "$type" in container:
                 _check_typed_object(container, where)
             items: Any = container.values()
@@ -81,6 +92,14 @@ def check_data_model(value: Any, where: str = "", limits: Limits = DEFAULT_LIMIT
 
 def _at(where: str) -> str:
     return f" in {where}" if where else ""
+
+
+def _check_unicode(key: str, where: str) -> None:
+    """A map key must have a UTF-8 form (no lone surrogates)."""
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRecord(f"map key is not valid Unicode (a lone surrogate){_at(where)}: {shown(key)}") from None
 
 
 def _check_scalar(item: Any, where: str) -> None:
@@ -128,7 +147,7 @@ def encode_record(record: Any, where: str = "", limits: Limits = DEFAULT_LIMITS)
     """Validate an atproto record (dict) and return its canonical DAG-CBOR bytes."""
     _check_record_shape(record, where)
     check_data_model(record, where, limits)
-    data = encode(record)
+    data = encode(record, where)
     if len(data) > limits.max_record_bytes:
         raise LimitExceeded("max_record_bytes", len(data), limits.max_record_bytes, where)
     return data

@@ -24,7 +24,8 @@ key or byte offset at fault.
     │   ├── BadSignature        commit signature does not verify
     │   ├── DidMismatch         commit belongs to another repository
     │   ├── RollbackRefused     a commit not newer than HEAD would move a copy back
-    │   └── InvalidCommitMessage  a firehose #commit does not check out
+    │   ├── InvalidCommitMessage  a firehose #commit does not check out
+    │   └── StoreDamaged        pds.db lacks a table or holds a value of the wrong type
     ├── NotFound
     │   ├── RecordNotFound
     │   └── RefNotFound
@@ -35,7 +36,10 @@ key or byte offset at fault.
         ├── RepoNotFound
         ├── SchemaVersionError
         ├── SigningKeyRequired
-        └── RepoBusy            another writer held the lock past the timeout
+        ├── SigningKeyMismatch  the signing key did not sign HEAD (writing would rotate the key)
+        ├── RepoBusy            another writer held the lock past the timeout
+        └── StorageError        the repository's files cannot be read or written
+            └── DiskFull        no space left (ENOSPC, quota, SQLITE_FULL); nothing was written
 """
 
 from __future__ import annotations
@@ -174,6 +178,10 @@ class InvalidCommitMessage(IntegrityError):
     """A firehose ``#commit`` message is inconsistent with its own blocks."""
 
 
+class StoreDamaged(IntegrityError):
+    """``pds.db`` is not as pypds wrote it: a table is missing, or a value (HEAD, a block) has the wrong type."""
+
+
 class NotFound(PypdsError, KeyError):
     """Something looked up by name or key does not exist."""
 
@@ -224,8 +232,24 @@ class SigningKeyRequired(RepoStateError):
     """A write needs a signing key, but the repository has none."""
 
 
+class SigningKeyMismatch(RepoStateError):
+    """The handle's signing key did not sign HEAD's commit.
+
+    Writing with it would leave a history that verifies against two keys;
+    open with ``rotate_key=True`` to do that on purpose.
+    """
+
+
 class RepoBusy(RepoStateError):
     """Another connection held the write lock for longer than ``busy_timeout``."""
+
+
+class StorageError(RepoStateError):
+    """The repository's files cannot be read or written (an I/O error); nothing was changed."""
+
+
+class DiskFull(StorageError):
+    """No space was left for a write (ENOSPC, a quota, SQLITE_FULL); nothing was changed."""
 
 
 # -- network: pypds.identity, pypds.downloader, pypds.server ------------------------

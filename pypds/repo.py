@@ -11,6 +11,7 @@ transaction has committed.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import itertools
 import os
@@ -32,6 +33,8 @@ from .car_import import StreamedCar
 from .cid import CID, parse_cid
 from .commit import Commit, decode_commit, rev_is_newer, rev_key, sign_commit
 from .errors import (
+    BadSignature,
+    BlockHashMismatch,
     DidMismatch,
     InvalidInput,
     MissingBlock,
@@ -40,6 +43,7 @@ from .errors import (
     RefNotFound,
     RepoClosed,
     RollbackRefused,
+    SigningKeyMismatch,
     SigningKeyRequired,
     shown,
 )
@@ -64,7 +68,7 @@ from .mst.cache import NodeCache
 from .mst.verify import walk_tree
 from .proof import proof_path
 from .record_cache import CachedRecord, RecordCache
-from .store import Store
+from .store import SqliteError, Store, storage_error
 from .syntax import check_collection, check_did, check_record_key, check_tid, repo_path
 from .tid import TidClock
 from .verify import VerifyReport, check_blob_files, check_index, verify_tree
@@ -80,6 +84,8 @@ BULK_BUILD_THRESHOLD = 64
 IMPORT_BATCH_BYTES = 32 << 20
 IMPORT_BATCH_PATHS = 50_000
 
+_MAX_SQL_INT = (1 << 63) - 1
+
 
 def _public(method: F) -> F:
     """Serialise calls on one handle and refuse them once it is closed."""
@@ -89,7 +95,10 @@ def _public(method: F) -> F:
         with self._lock:
             if self._store is None:
                 raise RepoClosed(f"repository at {self.path} is closed")
-            return method(self, *args, **kwargs)
+            try:
+                return method(self, *args, **kwargs)
+            except SqliteError as exc:
+                raise storage_error(exc, self.path) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -109,6 +118,7 @@ class Repo:
         *,
         signing_key: SigningKey | None,
         limits: Limits,
+        rotate_key: bool = False,
     ) -> None:
         self.path = path
         self._store: Store | None = store
@@ -120,7 +130,9 @@ class Repo:
         self._cache = NodeCache(self._get_block_locked, limits)
         self._records = RecordCache()
         self._signing_key = signing_key
-        self._did = str(store.get_meta("did"))
+        self._rotate_key = rotate_key
+        self._key_verdict: tuple[bytes, bool] = (b"", False)  # (HEAD, whether the signing key signed it)
+        self._did = store.did()
         self._clock = TidClock(clock_id=_int_meta(store, "clock_id"))
         self._head: CID = CID(b"")
         self._rev = ""
@@ -166,9 +178,11 @@ class Repo:
                 store.index_replace(written.commit, [])  # the empty tree's (empty) paths index
             repo._committed(written)
             repo._set_state(written.commit, written.rev, root, 0)
-        except BaseException:
+        except BaseException as exc:
             store.close()
             _remove_store_files(directory, created)
+            if isinstance(exc, SqliteError):
+                raise storage_error(exc, directory) from None
             raise
         return repo
 
@@ -178,16 +192,23 @@ class Repo:
         path: str | os.PathLike,
         *,
         signing_key: SigningKey | bytes | str | None = None,
+        rotate_key: bool = False,
         durability: str = "full",
         busy_timeout: float = 5.0,
         limits: Limits = DEFAULT_LIMITS,
     ) -> Repo:
-        """Open an existing repository. ``signing_key`` overrides a stored key."""
+        """Open an existing repository. ``signing_key`` overrides a stored key.
+
+        A write signed by a key that did not sign HEAD's commit raises
+        :class:`~pypds.errors.SigningKeyMismatch` (the history would verify
+        against two keys), unless ``rotate_key=True``: then the new key signs
+        on, and commits before that still verify only against the old one.
+        """
         directory = Path(path)
         store = Store.open(directory, durability=durability, busy_timeout=busy_timeout)
         try:
             key = load_signing_key(signing_key) if signing_key is not None else _stored_key(store)
-            repo = cls(directory, store, signing_key=key, limits=limits)
+            repo = cls(directory, store, signing_key=key, limits=limits, rotate_key=rotate_key)
             with store.snapshot():
                 repo._refresh(force=True)
             if store.index_head() != repo._head:  # written by an older pypds
@@ -195,8 +216,10 @@ class Repo:
                     repo._refresh(force=True)
                     store.index_replace(repo._head, iter_range(repo._cache, repo._root))
             repo._blobs.remove_stale_temps()
-        except BaseException:
+        except BaseException as exc:
             store.close()
+            if isinstance(exc, SqliteError):
+                raise storage_error(exc, directory) from None
             raise
         return repo
 
@@ -208,6 +231,7 @@ class Repo:
         *,
         key: PublicKey | SigningKey | str | None = None,
         signing_key: SigningKey | bytes | str | None = None,
+        rotate_key: bool = False,
         durability: str = "full",
         busy_timeout: float = 5.0,
         limits: Limits = DEFAULT_LIMITS,
@@ -215,8 +239,9 @@ class Repo:
         """Create a repository from a CAR: its DID comes from the CAR's commit.
 
         ``key`` (a did:key or key object) makes the import check the
-        signature. ``signing_key`` is used for later writes (not stored).
-        On any failure nothing is left behind at ``path``.
+        signature. ``signing_key`` is used for later writes (not stored);
+        ``rotate_key`` as for :meth:`open`. On any failure nothing is left
+        behind at ``path``.
         """
         directory = Path(path)
         with StreamedCar(car, limits) as streamed:
@@ -228,12 +253,14 @@ class Repo:
                 with store.transaction():
                     store.init_schema()
                     _init_meta(store, commit.did, None, False)
-                    repo = cls(directory, store, signing_key=signer, limits=limits)
+                    repo = cls(directory, store, signing_key=signer, limits=limits, rotate_key=rotate_key)
                     repo._import_streamed(streamed, commit, key)
                 repo._refresh(force=True)
-            except BaseException:
+            except BaseException as exc:
                 store.close()
                 _remove_store_files(directory, created)
+                if isinstance(exc, SqliteError):
+                    raise storage_error(exc, directory) from None
                 raise
         return repo
 
@@ -270,6 +297,16 @@ class Repo:
     def did_key(self) -> str | None:
         """The ``did:key`` of the signing key."""
         return None if self._signing_key is None else self._signing_key.did_key
+
+    @_public
+    def signing_key_matches_head(self) -> bool | None:
+        """Whether the signing key signed HEAD's commit (None for a handle without a key).
+
+        When False, a write raises SigningKeyMismatch unless the handle was
+        opened with ``rotate_key=True``. Checked once per HEAD.
+        """
+        self._refresh()
+        return None if self._signing_key is None else self._signed_head(self._signing_key)
 
     @property
     @_public
@@ -408,6 +445,8 @@ class Repo:
                 start = edge + b"\x00"
         if limit == 0:
             return []
+        if limit is not None and limit > _MAX_SQL_INT:
+            limit = None  # more than any repository holds
         cut = len(prefix)
         rows = self._store_or_raise().index_range(start, stop, reverse=reverse, limit=limit)
         return [(key[cut:].decode(), cid) for key, cid in rows]
@@ -747,7 +786,7 @@ class Repo:
         report = VerifyReport()
         expected = self._did if did is None else did
         with store.snapshot():
-            head = CID(store.get_meta("head"))  # type: ignore[arg-type]
+            head = store.head()
             verify_tree(store.get_block, head, report, did=expected, key=key, limits=self._limits, rehash=True)
             tree = [] if not report.ok else iter_range(self._cache, self._load_commit(head).data)
             check_index(report, store.index_all(), tree)
@@ -874,7 +913,10 @@ class Repo:
             with self._lock:
                 self._store_or_raise()
                 while buffer.tell() < chunk_size:
-                    block = next(blocks, None)
+                    try:
+                        block = next(blocks, None)
+                    except SqliteError as exc:
+                        raise storage_error(exc, self.path) from None
                     if block is None:
                         done = True
                         break
@@ -887,7 +929,10 @@ class Repo:
 
     def _get_block_locked(self, cid: CID) -> bytes | None:
         with self._lock:
-            return self._store_or_raise().get_block(cid)
+            try:
+                return self._store_or_raise().get_block(cid)
+            except SqliteError as exc:
+                raise storage_error(exc, self.path) from None
 
     def _store_or_raise(self) -> Store:
         store = self._store
@@ -907,7 +952,7 @@ class Repo:
         version = store.data_version()
         if not force and version == self._seen_version:
             return
-        head = CID(store.get_meta("head"))  # type: ignore[arg-type]
+        head = store.head()
         if force or head != self._head:
             commit = self._load_commit(head)
             root = self._cache.load_node(commit.data)
@@ -945,12 +990,34 @@ class Repo:
             raise SigningKeyRequired(f"repository at {self.path} has no signing key: pass signing_key= to Repo.open")
         return self._signing_key
 
+    def _signed_head(self, key: SigningKey) -> bool:
+        """True if ``key`` signed HEAD's commit; verified once per HEAD (a signature check, any commit version)."""
+        head, verdict = self._key_verdict
+        if head != self._head.cid_bytes:
+            try:
+                self._load_commit(self._head).verify(key.public_key)
+                verdict = True
+            except BadSignature:
+                verdict = False
+            self._key_verdict = (self._head.cid_bytes, verdict)
+        return verdict
+
+    def _check_key_for_write(self, key: SigningKey) -> None:
+        if self._rotate_key or self._signed_head(key):
+            return
+        raise SigningKeyMismatch(
+            f"repository at {self.path}: HEAD {self._head.encode()} ({self._head_label()}) was not signed by "
+            f"{key.did_key}; a commit with this key would leave a history that verifies against two keys "
+            "(open with rotate_key=True to do so)"
+        )
+
     def _commit_ops(self, ops: list[WriteOp]) -> CID:
         """Apply ops to the tree at HEAD and write them as one signed commit."""
         key = self._require_key()
         store = self._store_or_raise()
         with store.transaction():
             self._refresh()  # under the write lock: we build on the latest HEAD
+            self._check_key_for_write(key)
             root, height = self._apply_ops(ops)
             records = ((CID(cid), data) for _key, cid, data in ops if cid is not None)  # repeats stored once
             written = self._write_commit(root, records, key)
@@ -1011,7 +1078,8 @@ class Repo:
         return _Written(commit_cid, rev, new_nodes)
 
     def _committed(self, written: _Written) -> None:
-        """Record that a commit's new nodes are durably stored."""
+        """Record that a commit's new nodes are durably stored (and that our key signed it)."""
+        self._key_verdict = (written.commit.cid_bytes, True)
         for node in written.nodes:
             node.persisted = True
             self._cache.add(node)
@@ -1065,14 +1133,21 @@ class Repo:
         return written + len(blocks)
 
     def _car_blocks(self, commit_cid: CID, since: str | None = None) -> Iterator[tuple[CID, bytes]]:
+        """The blocks of a CAR of ``commit_cid``'s tree, in stream order, each re-hashed against its CID.
+
+        A block whose bytes do not hash to its CID (a damaged store) raises
+        BlockHashMismatch before it is yielded, and before its links are read.
+        """
         store = self._store_or_raise()
         commit_block = store.get_block(commit_cid)
         if commit_block is None:
             raise MissingBlock(f"commit {commit_cid.encode()} is not stored", commit_cid)
+        self._check_shipped(commit_cid, commit_block)
         commit = decode_commit(commit_block, commit_cid)
         yield commit_cid, commit_block
         if commit.rev is None:
             since = None  # nothing is known to be older than a version 2 commit: write it all
+        sha256 = hashlib.sha256
         written: set[bytes] = set()
         # A block first stored at or before ``since`` was stored with all the
         # blocks below it, so a copy at ``since`` has that whole subtree.
@@ -1082,6 +1157,8 @@ class Repo:
             read_record = _IndexedRecords(store).read
         for cid, node_block in iter_stored_stream_order(self._cache.cached, store.get_block, commit.data, keep=keep):
             if node_block is not None:
+                if sha256(node_block).digest() != cid.cid_bytes[4:]:
+                    self._check_shipped(cid, node_block)
                 yield cid, node_block
                 continue
             data = read_record(cid)  # called for every record, so the indexed reader keeps pace
@@ -1090,7 +1167,17 @@ class Repo:
             written.add(cid.cid_bytes)
             if data is None:
                 raise MissingBlock(f"record block {cid.encode()} is missing", cid)
+            if sha256(data).digest() != cid.cid_bytes[4:]:
+                self._check_shipped(cid, data)
             yield cid, data
+
+    def _check_shipped(self, cid: CID, data: bytes) -> None:
+        """Raise BlockHashMismatch unless a block about to leave the store hashes to its CID."""
+        if hashlib.sha256(data).digest() != cid.cid_bytes[4:]:
+            raise BlockHashMismatch(
+                f"stored block {cid.encode()} in {self.path}: bytes do not hash to its CID "
+                "(the store is damaged; nothing more was sent)"
+            )
 
     def _write_car(self, stream: BinaryIO, commit_cid: CID, since: str | None = None) -> None:
         blocks = self._car_blocks(commit_cid, since)

@@ -20,10 +20,24 @@ killed process; ``durability="normal"`` skips the per-commit fsync (WAL
 ``synchronous=NORMAL``): still safe against a killed process, but the last
 commits may be lost on power failure. A store written by a newer pypds
 (higher schema version) is refused.
+
+``pds.db`` can hold the signing key (meta ``signing_key``, hex), so it is
+created ``0600`` before SQLite opens it; SQLite gives ``-wal`` and ``-shm``
+the main file's mode. Opening a store that holds a key tightens those files
+to ``0600`` if they are readable by others (a store from an older pypds), or
+warns if it cannot.
+
+A damaged store (a missing table, HEAD or a block of the wrong SQL type, a
+corrupt page) raises :class:`StoreDamaged`; a full disk :class:`DiskFull`;
+other SQLite I/O failures :class:`StorageError`; never a bare apsw error.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import stat
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from operator import itemgetter
@@ -31,10 +45,26 @@ from pathlib import Path
 
 import apsw
 
-from .cid import CID
-from .errors import RepoBusy, RepoExists, RepoNotFound, SchemaVersionError, shown
+from .cid import CID, check_cid_bytes
+from .errors import (
+    DiskFull,
+    InvalidCid,
+    InvalidInput,
+    PypdsError,
+    RepoBusy,
+    RepoExists,
+    RepoNotFound,
+    SchemaVersionError,
+    StorageError,
+    StoreDamaged,
+    shown,
+)
+from .files import PRIVATE_FILE_MODE, create_private_file, disk_full_as_error, make_private_dirs
 
-__all__ = ["Store", "SCHEMA_VERSION", "DB_NAME"]
+__all__ = ["Store", "SCHEMA_VERSION", "DB_NAME", "SqliteError", "storage_error"]
+
+#: The base class of SQLite failures (convert them with :func:`storage_error`).
+SqliteError = apsw.Error
 
 SCHEMA_VERSION = 4
 DB_NAME = "pds.db"
@@ -68,6 +98,48 @@ _MIGRATIONS = {1: _COMMITS, 2: _PATHS, 3: _BLOCKS_TO_ROWID}
 
 _SYNC = {"full": "FULL", "normal": "NORMAL"}
 
+#: The tables of a current store.
+_TABLES = frozenset({"blocks", "refs", "meta", "commits", "paths"})
+#: The SQL type each meta value must have.
+_META_TYPES: dict[str, type] = {
+    "did": str,
+    "head": bytes,
+    "rev": str,
+    "last_rev": str,
+    "index_head": bytes,
+    "clock_id": int,
+    "signing_key": str,
+    "signing_curve": str,
+}
+#: The files SQLite keeps beside the database.
+_DB_SUFFIXES = ("", "-wal", "-shm", "-journal")
+
+
+def _sqlite_name(path: Path) -> str:
+    """The file name to give SQLite, which takes UTF-8: a path with undecodable bytes is refused."""
+    name = str(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"repository path {shown(name)} is not valid UTF-8, which SQLite needs") from None
+    return name
+
+
+def _remove_tree(directory: Path | None) -> None:
+    if directory is not None:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def storage_error(exc: apsw.Error, where: str | os.PathLike) -> PypdsError:
+    """The typed pypds error for an SQLite failure on the store at ``where``."""
+    if isinstance(exc, apsw.FullError):
+        return DiskFull(f"{where}: the disk is full ({exc}); nothing was written")
+    if isinstance(exc, (apsw.BusyError, apsw.LockedError)):
+        return RepoBusy(f"{where}: the database stayed locked ({exc})")
+    if isinstance(exc, (apsw.CorruptError, apsw.NotADBError, apsw.SQLError, apsw.MismatchError)):
+        return StoreDamaged(f"{where}: {DB_NAME} is damaged: {exc}")
+    return StorageError(f"{where}: cannot use {DB_NAME}: {type(exc).__name__}: {exc}")
+
 
 class Store:
     """One ``pds.db`` connection."""
@@ -80,13 +152,34 @@ class Store:
 
     @classmethod
     def create(cls, directory: Path, *, durability: str = "full", busy_timeout: float = 5.0) -> Store:
+        """Create ``pds.db`` (mode 0600) in ``directory``, making the directory (0700) if needed."""
         path = directory / DB_NAME
+        name = _sqlite_name(path)
         if path.exists():
             raise RepoExists(f"a repository already exists at {directory}")
-        directory.mkdir(parents=True, exist_ok=True)
-        conn = apsw.Connection(str(path))
-        store = cls(conn, path)
-        store._configure(durability, busy_timeout)
+        with disk_full_as_error(directory):
+            made = make_private_dirs(directory)
+            try:
+                create_private_file(path)  # before SQLite: it gives -wal and -shm this file's mode
+            except FileExistsError:
+                raise RepoExists(f"a repository already exists at {directory}") from None
+            except BaseException:
+                _remove_tree(made)
+                raise
+        conn = None
+        try:
+            conn = apsw.Connection(name)
+            store = cls(conn, path)
+            store._configure(durability, busy_timeout)
+        except BaseException as exc:
+            if conn is not None:
+                conn.close()
+            for suffix in _DB_SUFFIXES:
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            _remove_tree(made)
+            if isinstance(exc, apsw.Error):
+                raise storage_error(exc, path) from None
+            raise
         return store
 
     def init_schema(self) -> None:
@@ -99,7 +192,11 @@ class Store:
         path = directory / DB_NAME
         if not path.is_file():
             raise RepoNotFound(f"no repository at {directory} ({DB_NAME} not found)")
-        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
+        name = _sqlite_name(path)
+        try:
+            conn = apsw.Connection(name, flags=apsw.SQLITE_OPEN_READWRITE)
+        except apsw.Error as exc:
+            raise storage_error(exc, path) from None
         conn.set_busy_timeout(int(busy_timeout * 1000))  # before the first read: a closing peer may lock briefly
         store = cls(conn, path)
         try:
@@ -119,10 +216,46 @@ class Store:
             raise SchemaVersionError(
                 f"{path} has schema version {version} ({newer}); this pypds reads version {SCHEMA_VERSION}"
             )
-        store._configure(durability, busy_timeout)
-        if version != SCHEMA_VERSION:
-            store._migrate()
+        try:
+            store._configure(durability, busy_timeout)
+            if version != SCHEMA_VERSION:
+                store._migrate()
+            store._check_tables()
+            store._protect_key_files()
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, apsw.Error):
+                raise storage_error(exc, path) from None
+            raise
         return store
+
+    def _check_tables(self) -> None:
+        rows = self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        missing = _TABLES - {name for (name,) in rows}
+        if missing:
+            raise StoreDamaged(f"{self.path} is damaged: table(s) {', '.join(sorted(missing))} missing")
+
+    def _protect_key_files(self) -> None:
+        """Make the database files owner-only if the store holds a private key and others can read them."""
+        if self.get_meta("signing_key") is None:
+            return
+        exposed: list[str] = []
+        for suffix in _DB_SUFFIXES:
+            path = Path(f"{self.path}{suffix}")
+            try:
+                mode = stat.S_IMODE(path.stat().st_mode)
+                if mode & 0o077:
+                    path.chmod(PRIVATE_FILE_MODE)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                exposed.append(f"{path.name} (mode {mode:o}: {exc.strerror})")
+        if exposed:
+            warnings.warn(
+                f"{self.path} holds a private signing key and is readable by other users; "
+                f"could not restrict {', '.join(exposed)}",
+                stacklevel=4,
+            )
 
     def _migrate(self) -> None:
         """Bring an older store up to SCHEMA_VERSION, in one transaction."""
@@ -146,8 +279,22 @@ class Store:
         self.conn.close()
 
     def _scalar(self, sql: str, params: tuple = ()) -> object:
-        row = self.conn.execute(sql, params).fetchone()
-        return None if row is None else row[0]
+        rows = self._rows(sql, params)
+        return rows[0][0] if rows else None
+
+    def _rows(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Every row of a query; TEXT that is not UTF-8 (a value SQLite cannot hand out) raises StoreDamaged."""
+        try:
+            return self.conn.execute(sql, params).fetchall()
+        except UnicodeDecodeError:
+            table = sql.split(" FROM ", 1)[-1].split(" ", 1)[0]
+            raise StoreDamaged(f"{self.path} is damaged: table {table} holds TEXT that is not UTF-8") from None
+
+    def _cid(self, value: object, what: str) -> CID:
+        """A CID read from a column that holds CID bytes."""
+        if type(value) is not bytes:
+            raise StoreDamaged(f"{self.path} is damaged: {what} is stored as {type(value).__name__}, not CID bytes")
+        return CID(value)
 
     # -- transactions ------------------------------------------------------
 
@@ -197,9 +344,18 @@ class Store:
     # -- blocks ------------------------------------------------------------
 
     def get_block(self, cid: CID) -> bytes | None:
-        for (data,) in self.conn.execute(self._get, (cid.cid_bytes,)):
-            return data
+        try:
+            for (data,) in self.conn.execute(self._get, (cid.cid_bytes,)):
+                if type(data) is not bytes:
+                    raise self._wrong_block(cid.cid_bytes, data)
+                return data
+        except UnicodeDecodeError:
+            raise self._wrong_block(cid.cid_bytes, "") from None
         return None
+
+    def _wrong_block(self, cid: object, data: object) -> StoreDamaged:
+        name = CID(cid).encode() if type(cid) is bytes else shown(cid)
+        return StoreDamaged(f"{self.path} is damaged: block {name} is stored as {type(data).__name__}, not a BLOB")
 
     def block_rev(self, cid: CID) -> str | None:
         """The rev of the commit that first stored this block, or None if absent."""
@@ -221,8 +377,11 @@ class Store:
 
     def blocks_after(self, after: bytes, limit: int) -> list[tuple[CID, bytes]]:
         """Up to ``limit`` blocks whose CID bytes sort after ``after``, in CID order."""
-        rows = self.conn.execute("SELECT cid, data FROM blocks WHERE cid > ? ORDER BY cid LIMIT ?", (after, limit))
-        return [(CID(cid), data) for cid, data in rows]
+        rows = self._rows("SELECT cid, data FROM blocks WHERE cid > ? ORDER BY cid LIMIT ?", (after, limit))
+        for cid, data in rows:
+            if type(data) is not bytes:
+                raise self._wrong_block(cid, data)
+        return [(self._cid(cid, "a block's CID"), data) for cid, data in rows]
 
     def delete_blocks_except(self, keep: set[bytes]) -> tuple[int, int]:
         """Delete every block whose CID is not in ``keep``; returns (blocks, bytes) removed."""
@@ -241,7 +400,38 @@ class Store:
     # -- meta --------------------------------------------------------------
 
     def get_meta(self, key: str) -> object:
-        return self._scalar("SELECT value FROM meta WHERE key = ?", (key,))
+        """A meta value, or None; a known key holding a value of the wrong type raises StoreDamaged."""
+        value = self._scalar("SELECT value FROM meta WHERE key = ?", (key,))
+        expected = _META_TYPES.get(key)
+        if value is not None and expected is not None and type(value) is not expected:
+            raise StoreDamaged(
+                f"{self.path} is damaged: meta {key!r} holds {type(value).__name__}, not {expected.__name__}"
+            )
+        return value
+
+    def _meta_cid(self, key: str) -> CID | None:
+        value = self.get_meta(key)
+        if value is None:
+            return None
+        try:
+            check_cid_bytes(value, allow_raw=False)  # type: ignore[arg-type]
+        except InvalidCid as exc:
+            raise StoreDamaged(f"{self.path} is damaged: meta {key!r} is not a commit CID: {exc}") from None
+        return CID(value)
+
+    def head(self) -> CID:
+        """HEAD's commit CID; StoreDamaged if it is missing or not a CID."""
+        head = self._meta_cid("head")
+        if head is None:
+            raise StoreDamaged(f"{self.path} is damaged: it records no HEAD")
+        return head
+
+    def did(self) -> str:
+        """The repository's DID; StoreDamaged if it is missing."""
+        did = self.get_meta("did")
+        if did is None:
+            raise StoreDamaged(f"{self.path} is damaged: it records no DID")
+        return did  # type: ignore[return-value]
 
     def set_meta(self, key: str, value: object) -> None:
         self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
@@ -263,10 +453,11 @@ class Store:
 
     def commit_history(self, cid: CID) -> tuple[str, CID | None] | None:
         """(rev, previous commit) for a commit made or received here, or None if unknown."""
-        row = self.conn.execute("SELECT rev, prev FROM commits WHERE cid = ?", (cid.cid_bytes,)).fetchone()
-        if row is None:
+        rows = self._rows("SELECT rev, prev FROM commits WHERE cid = ?", (cid.cid_bytes,))
+        if not rows:
             return None
-        return row[0], None if row[1] is None else CID(row[1])
+        rev, prev = rows[0]
+        return rev, None if prev is None else self._cid(prev, f"the previous commit of {cid.encode()}")
 
     # -- the paths index (HEAD's tree as a table) ----------------------------
 
@@ -303,8 +494,7 @@ class Store:
         self.set_meta("index_head", head.cid_bytes)
 
     def index_head(self) -> CID | None:
-        value = self.get_meta("index_head")
-        return None if value is None else CID(value)  # type: ignore[arg-type]
+        return self._meta_cid("index_head")
 
     def index_record(self, path: bytes, known_cid: bytes | None = None) -> tuple[bytes, bool, bytes | None] | None:
         """``(record CID bytes, same, data)`` at ``path`` in the index, or None if the path is absent.
@@ -314,18 +504,25 @@ class Store:
         is the record block, or None if the block is missing.
         """
         # a scalar subquery plans to the same key lookups as a join, but runs about 35% faster
-        for row in self.conn.execute(
-            "SELECT p.cid, p.cid IS ?2, CASE WHEN p.cid IS ?2 THEN NULL "
-            "ELSE (SELECT data FROM blocks WHERE cid = p.cid) END FROM paths p WHERE p.path = ?1",
-            (path, known_cid),
-        ):
-            return row
-        return None
+        try:
+            for row in self.conn.execute(
+                "SELECT p.cid, p.cid IS ?2, CASE WHEN p.cid IS ?2 THEN NULL "
+                "ELSE (SELECT data FROM blocks WHERE cid = p.cid) END FROM paths p WHERE p.path = ?1",
+                (path, known_cid),
+            ):
+                if type(row[0]) is not bytes or (row[2] is not None and type(row[2]) is not bytes):
+                    break
+                return row
+            else:
+                return None
+        except UnicodeDecodeError:
+            pass
+        raise StoreDamaged(f"{self.path} is damaged: the index row or record block for {path.decode()} is not a BLOB")
 
     def index_cid(self, path: bytes) -> bytes | None:
         """The record CID bytes at ``path`` in the index, or None."""
-        for (cid,) in self.conn.execute("SELECT cid FROM paths WHERE path = ?", (path,)):
-            return cid
+        for (cid,) in self._rows("SELECT cid FROM paths WHERE path = ?", (path,)):
+            return self._cid(cid, f"the index row for {path.decode()}").cid_bytes
         return None
 
     def index_range(
@@ -333,11 +530,11 @@ class Store:
     ) -> list[tuple[bytes, CID]]:
         """Index rows with ``start <= path < stop``, in path order (descending if ``reverse``)."""
         order = "DESC" if reverse else "ASC"
-        rows = self.conn.execute(
+        rows = self._rows(
             f"SELECT path, cid FROM paths WHERE path >= ? AND path < ? ORDER BY path {order} LIMIT ?",
             (start, stop, -1 if limit is None else limit),
         )
-        return [(path, CID(cid)) for path, cid in rows]
+        return [(path, self._cid(cid, "an index row")) for path, cid in rows]
 
     def index_blocks(self, page: int = 4096) -> Iterator[tuple[bytes, bytes | None]]:
         """``(record CID bytes, record block or None)`` for every index row, in path order.
@@ -347,31 +544,35 @@ class Store:
         """
         after = b""
         while True:
-            rows = self.conn.execute(
+            rows = self._rows(
                 "SELECT p.path, p.cid, b.data FROM paths p LEFT JOIN blocks b ON b.cid = p.cid "
                 "WHERE p.path > ? ORDER BY p.path LIMIT ?",
                 (after, page),
-            ).fetchall()
+            )
             for _path, cid, data in rows:
+                if type(cid) is not bytes:
+                    self._cid(cid, "an index row")  # raises StoreDamaged
+                if data is not None and type(data) is not bytes:
+                    raise self._wrong_block(cid, data)
                 yield cid, data
             if len(rows) < page:
                 return
             after = rows[-1][0]
 
     def index_all(self) -> Iterator[tuple[bytes, CID]]:
-        for path, cid in self.conn.execute("SELECT path, cid FROM paths ORDER BY path"):
-            yield path, CID(cid)
+        for path, cid in self._rows("SELECT path, cid FROM paths ORDER BY path"):
+            yield path, self._cid(cid, "an index row")
 
     def commit_at(self, rev: str) -> CID | None:
         """The latest commit made or received here with a rev at or before ``rev``."""
         value = self._scalar("SELECT cid FROM commits WHERE rev <= ? ORDER BY rev DESC LIMIT 1", (rev,))
-        return None if value is None else CID(value)  # type: ignore[arg-type]
+        return None if value is None else self._cid(value, f"the commit at rev {rev}")
 
     # -- refs --------------------------------------------------------------
 
     def get_ref(self, name: str) -> CID | None:
         value = self._scalar("SELECT cid FROM refs WHERE name = ?", (name,))
-        return None if value is None else CID(value)  # type: ignore[arg-type]
+        return None if value is None else self._cid(value, f"ref {name!r}")
 
     def set_ref(self, name: str, cid: CID) -> None:
         self.conn.execute("INSERT OR REPLACE INTO refs (name, cid) VALUES (?, ?)", (name, cid.cid_bytes))
@@ -381,4 +582,7 @@ class Store:
         return self.conn.changes() > 0
 
     def list_refs(self) -> list[tuple[str, CID]]:
-        return [(name, CID(cid)) for name, cid in self.conn.execute("SELECT name, cid FROM refs ORDER BY name")]
+        return [
+            (name, self._cid(cid, f"ref {name!r}"))
+            for name, cid in self._rows("SELECT name, cid FROM refs ORDER BY name")
+        ]

@@ -21,7 +21,7 @@ import pytest
 
 import pypds.blobs
 import pypds.files
-from pypds import CID, BlockHashMismatch, Repo, cid_for_raw
+from pypds import CID, BlockHashMismatch, DiskFull, Repo, cid_for_raw
 
 from .conftest import DID, POST, post
 from .crash_harness import PROJECT_ROOT, CrashCheckFailure, run_kill_cycles
@@ -244,7 +244,7 @@ def test_put_blob_interrupted_at_rename_leaves_nothing(repo, monkeypatch):
         raise OSError(28, "No space left on device (simulated)")
 
     monkeypatch.setattr(pypds.files.os, "replace", broken_replace)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(DiskFull, match="No space left"):
         repo.put_blob(data, "image/png")
     monkeypatch.undo()
     _assert_no_blob_files(repo, cid)

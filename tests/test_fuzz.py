@@ -633,8 +633,10 @@ def not_str(value) -> bool:
 COMMIT_FIELDS = {
     "did": (st.sampled_from(GOOD_DIDS), st.one_of(st.sampled_from(BAD_DIDS), dag_values.filter(not_str))),
     "version": (
-        st.just(3),
-        st.one_of(st.integers(-1, 5), st.booleans(), dag_values).filter(lambda v: type(v) is not int or v != 3),
+        st.sampled_from([2, 3]),
+        st.one_of(st.integers(-1, 5), st.booleans(), dag_values).filter(
+            lambda v: type(v) is not int or v not in (2, 3)
+        ),
     ),
     "data": (
         dag_cids,
@@ -649,7 +651,10 @@ OPTIONAL = {"prev"}
 
 @st.composite
 def commit_maps(draw) -> tuple[dict, bool]:
-    """A commit map with 0-2 defects (a bad value, a missing field, an extra field), and whether it is valid."""
+    """A commit map with 0-2 defects (a bad value, a missing field, an extra field), and whether it is valid.
+
+    Version 3 needs a rev; version 2 must not have one (both with a good version and no other defect).
+    """
     defects = draw(st.sets(st.sampled_from([*COMMIT_FIELDS, "extra"]), max_size=2))
     obj, valid = {}, True
     for name, (good, bad) in COMMIT_FIELDS.items():
@@ -660,9 +665,13 @@ def commit_maps(draw) -> tuple[dict, bool]:
             obj[name] = draw(bad)
             valid = False
         else:  # absent
-            valid = valid and name in OPTIONAL
+            valid = valid and (name in OPTIONAL or name == "rev")
     if "extra" in defects:
         obj[draw(st.sampled_from(["extra", "sigs", "Did", "prevData"]))] = draw(dag_values)
+        valid = False
+    if obj.get("version") == 3 and "rev" not in obj:
+        valid = False
+    if obj.get("version") == 2 and "rev" in obj:
         valid = False
     return obj, valid
 

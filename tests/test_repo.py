@@ -26,6 +26,7 @@ from pypds import (
     RepoExists,
     RepoNotFound,
     SchemaVersionError,
+    SigningKeyMismatch,
     SigningKeyRequired,
     cid_for_cbor,
     generate_signing_key,
@@ -507,6 +508,10 @@ def test_import_into_existing_repo_and_continue_writing(repo, tmp_path):
         kept = target.import_car(car)
         assert kept == 1 + sum(1 for _ in CarReader(car)) - 1
         assert target.head == repo.head
+        with pytest.raises(SigningKeyMismatch):  # HEAD was signed by the source's key, not target's
+            target.put(POST, "after", post(1000))
+        assert target.head == repo.head
+    with Repo.open(tmp_path / "target", rotate_key=True) as target:
         target.put(POST, "after", post(1000))
         assert target.rev > repo.rev
         assert target.find(POST, "r0001") == post(1)

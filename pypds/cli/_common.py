@@ -7,8 +7,10 @@ from tests with captured streams.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -20,13 +22,23 @@ from typing import Any, BinaryIO, TypeVar
 import click
 
 from ..cid import CID, parse_cid
-from ..errors import InvalidCommit, MissingBlock, PypdsError
+from ..errors import InvalidCommit, LimitExceeded, MissingBlock, PypdsError
 from ..files import atomic_file
 from ..keys import PublicKey, SigningKey, load_signing_key, parse_did_key
 from ..repo import Repo
 from ..syntax import is_valid_did
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Environment variable holding a private key (hex) for writes, and for ``init``.
+KEY_ENV = "PYPDS_SIGNING_KEY"
+#: Largest key file read (a key is 64 hex characters; the cap keeps /dev/zero out).
+MAX_KEY_FILE_BYTES = 4096
+#: Largest JSON document read for a record (a record is at most 1 MiB of DAG-CBOR;
+#: its JSON form, with base64 bytes and escapes, is larger).
+MAX_JSON_INPUT_BYTES = 16 << 20
+#: Largest blob read by ``blob put``.
+MAX_BLOB_INPUT_BYTES = 256 << 20
 
 
 class InputError(click.ClickException):
@@ -95,51 +107,156 @@ def full_cids_option(func: F) -> F:
     return click.option("--full-cids", is_flag=True, help="Print whole CIDs instead of shortened ones.")(func)
 
 
-def signing_key_options(func: F) -> F:
-    """``--signing-key`` / ``--curve`` for writes to a repository that stores no key."""
-    func = click.option(
-        "--curve",
-        type=click.Choice(["k256", "p256"]),
-        default="k256",
-        show_default=True,
-        help="Curve of a hex --signing-key.",
-    )(func)
+@dataclass(frozen=True)
+class Signer:
+    """The key options of a command that signs commits: the key given (None: the stored one)
+    and whether it may sign over a HEAD that another key signed."""
+
+    key: SigningKey | None
+    rotate: bool
+
+
+def key_file_option(func: F) -> F:
     return click.option(
-        "--signing-key",
-        metavar="HEX",
-        envvar="PYPDS_SIGNING_KEY",
-        help="Private key (64 hex characters) to sign with, needed when the repository stores none; "
-        "overrides a stored key (env PYPDS_SIGNING_KEY).",
+        "--signing-key-file",
+        metavar="FILE",
+        help="File holding the private key as 64 hex characters (keep it mode 0600).",
     )(func)
 
 
-def load_key(hex_key: str | None, curve: str) -> SigningKey | None:
-    if hex_key is None:
-        return None
+def signing_key_options(func: F) -> F:
+    """The key options of a command that signs commits; the command receives them as ``signer: Signer``.
+
+    The key comes from ``--signing-key-file``, else ``--signing-key``, else
+    the environment (``PYPDS_SIGNING_KEY``), else the repository's stored key.
+    """
+
+    @functools.wraps(func)
+    def wrapper(
+        *args: Any, signing_key: str | None, signing_key_file: str | None, curve: str, rotate_key: bool, **kwargs: Any
+    ) -> Any:
+        key = given_key(signing_key, signing_key_file, curve, "signing_key")
+        return func(*args, signer=Signer(key, rotate_key), **kwargs)
+
+    options = [
+        click.option(
+            "--rotate-key",
+            is_flag=True,
+            help="Sign even though HEAD was signed by another key: the history then verifies against two keys.",
+        ),
+        click.option(
+            "--curve",
+            type=click.Choice(["k256", "p256"]),
+            default="k256",
+            show_default=True,
+            help="Curve of the given key.",
+        ),
+        key_file_option,
+        click.option(
+            "--signing-key",
+            metavar="HEX",
+            envvar=KEY_ENV,
+            help=f"Private key (64 hex characters) to sign with instead of the stored one (env {KEY_ENV}). "
+            "Prefer --signing-key-file or the environment: other users can read command lines (ps).",
+        ),
+    ]
+    for option in options:
+        wrapper = option(wrapper)
+    return wrapper  # type: ignore[return-value]
+
+
+def given_key(hex_key: str | None, key_file: str | None, curve: str, hex_param: str) -> SigningKey | None:
+    """The key from a key file or hex (an option or the environment); a file given on the
+    command line wins over the environment, but not over a hex key also given there."""
+    if key_file is not None and hex_key is not None:
+        source = click.get_current_context().get_parameter_source(hex_param)
+        if source is not click.core.ParameterSource.ENVIRONMENT:
+            raise click.UsageError("give the key once: --signing-key-file or a hex key, not both")
+    if key_file is not None:
+        return _parse_key(read_key_file(key_file), curve, "'--signing-key-file'")
+    if hex_key is not None:
+        hint = "'--signing-key'" if hex_param == "signing_key" else "'--key'"
+        return _parse_key(hex_key, curve, hint)
+    return None
+
+
+def env_key(curve: str) -> SigningKey | None:
+    """The key in ``PYPDS_SIGNING_KEY``, if set."""
+    value = os.environ.get(KEY_ENV)
+    return None if value is None else _parse_key(value, curve, KEY_ENV)
+
+
+def _parse_key(text: str, curve: str, where: str) -> SigningKey:
     try:
-        return load_signing_key(hex_key.strip(), curve=curve)
-    except PypdsError as exc:
-        raise click.BadParameter(str(exc), param_hint="'--signing-key'") from None
+        return load_signing_key(text.strip(), curve=curve)
+    except PypdsError as exc:  # the message never quotes the key
+        raise click.BadParameter(str(exc), param_hint=where) from None
+
+
+def read_key_file(name: str) -> str:
+    """The text of a key file (at most MAX_KEY_FILE_BYTES); warns if other users may read it."""
+    try:
+        with open(name, "rb") as stream:  # may be a pipe: --signing-key-file <(pass show alice)
+            raw = stream.read(MAX_KEY_FILE_BYTES + 1)
+            info = os.fstat(stream.fileno())
+    except OSError as exc:
+        raise InputError(f"key file {name}: {exc.strerror}") from None
+    mode = stat.S_IMODE(info.st_mode)
+    if not stat.S_ISREG(info.st_mode):
+        mode = 0  # a pipe or a device: nobody else reads what was read from it
+    if len(raw) > MAX_KEY_FILE_BYTES:
+        raise InputError(f"key file {name} is longer than {MAX_KEY_FILE_BYTES} bytes: not a key")
+    if mode & 0o077:
+        warn(f"key file {name} is readable by other users (mode {mode:o}): chmod 600 {name}")
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise InputError(f"key file {name} is not text: it must hold 64 hex characters") from None
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr."""
+    click.echo(f"pypds: warning: {message}", err=True)
 
 
 # -- repositories and sources ------------------------------------------------------
 
 
-def open_repo(path: str, *, signing_key: SigningKey | None = None, writable: bool = False) -> Repo:
-    """Open the repository directory at ``path``, with errors that name the problem."""
+def open_repo(path: str, *, signer: Signer | None = None) -> Repo:
+    """Open the repository directory at ``path``, with errors that name the problem.
+
+    With ``signer`` the repository is opened to sign commits: it must have a
+    key, and a key that did not sign HEAD needs ``--rotate-key`` (and is
+    then warned about).
+    """
     where = Path(path)
     if path == "-" or where.is_file():
         raise InputError(f"{path} is not a repository directory (this command needs one, not a CAR)")
     if not where.exists():
         raise InputError(f"no repository at {path}: no such directory")
-    repo = Repo.open(where, signing_key=signing_key)
-    if writable and repo.signing_key is None:
+    if signer is None:
+        return Repo.open(where)
+    repo = Repo.open(where, signing_key=signer.key, rotate_key=signer.rotate)
+    try:
+        _check_signer(repo, path, signer)
+    except BaseException:
         repo.close()
+        raise
+    return repo
+
+
+def _check_signer(repo: Repo, path: str, signer: Signer) -> None:
+    if repo.signing_key is None:
         raise InputError(
             f"repository at {path} has no signing key (imported from a CAR?): "
-            "pass --signing-key HEX or set PYPDS_SIGNING_KEY"
+            f"pass --signing-key-file FILE or set {KEY_ENV}"
         )
-    return repo
+    if repo.signing_key_matches_head():
+        return
+    change = f"HEAD of {path} was not signed by {repo.did_key}: a commit signed by it leaves a history that verifies"
+    if not signer.rotate:
+        raise InputError(f"{change} against two keys; pass --rotate-key to do that on purpose")
+    warn(f"{change} against two keys (--rotate-key)")
 
 
 @dataclass
@@ -176,6 +293,15 @@ def open_input(name: str) -> Iterator[tuple[BinaryIO, int | None]]:
             raise InputError(f"{name} is a SQLite database, not a CAR: pass the repository directory ({path.parent})")
         stream.seek(0)
         yield stream, os.fstat(stream.fileno()).st_size
+
+
+def read_capped(name: str, cap: int, limit: str) -> bytes:
+    """All of a file or ``-`` (stdin), refused with LimitExceeded past ``cap`` bytes (never read further)."""
+    with open_input(name) as (stream, _size):
+        raw = stream.read(cap + 1)
+    if len(raw) > cap:
+        raise LimitExceeded(limit, len(raw), cap, "stdin" if name == "-" else name)
+    return raw
 
 
 @contextmanager
@@ -382,8 +508,7 @@ def read_json_input(name: str) -> Any:
         return out
 
     label = "stdin" if name == "-" else name
-    with open_input(name) as (stream, _size):
-        raw = stream.read()
+    raw = read_capped(name, MAX_JSON_INPUT_BYTES, "max_json_input_bytes")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

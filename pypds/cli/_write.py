@@ -16,22 +16,29 @@ from ._common import (
     CID_TYPE,
     DID_TYPE,
     DIDKEY_TYPE,
+    KEY_ENV,
+    MAX_BLOB_INPUT_BYTES,
     InputError,
     Progress,
+    Signer,
     binary_output,
     echo,
     emit_json,
+    env_key,
+    given_key,
     human_size,
     json_option,
-    load_key,
+    key_file_option,
     open_input,
     open_repo,
     print_rows,
     quiet_option,
+    read_capped,
     read_json_input,
     resolve_commit,
     rev_text,
     signing_key_options,
+    warn,
 )
 
 # -- init, import, export ------------------------------------------------------------
@@ -44,26 +51,54 @@ from ._common import (
     "--key",
     "key_spec",
     metavar="HEX|k256|p256",
-    help="Signing key to store: 64 hex characters, or k256 / p256 to generate one on that curve "
-    "(default: generate a k256 key).",
+    help="k256 / p256 to generate a key on that curve (default: k256), or a key to store as 64 hex "
+    "characters: other users can read command lines (ps), so prefer --signing-key-file or "
+    f"{KEY_ENV} for an existing key.",
+)
+@key_file_option
+@click.option(
+    "--curve", type=click.Choice(["k256", "p256"]), default="k256", show_default=True, help="Curve of a given key."
 )
 @click.option(
-    "--curve", type=click.Choice(["k256", "p256"]), default="k256", show_default=True, help="Curve of a hex --key."
+    "--no-store-key",
+    is_flag=True,
+    help="Do not keep the given key in the repository: give it again (--signing-key-file or "
+    f"{KEY_ENV}) on every write.",
 )
 @json_option
-def init_cmd(path: str, did: str, key_spec: str | None, curve: str, as_json: bool) -> None:
+def init_cmd(
+    path: str,
+    did: str,
+    key_spec: str | None,
+    signing_key_file: str | None,
+    curve: str,
+    no_store_key: bool,
+    as_json: bool,
+) -> None:
     """Create a repository (a directory) with a signed commit over the empty tree.
 
-    The signing key is stored in the repository, so later writes need no key.
+    The signing key is stored in the repository (pds.db, mode 0600), so
+    later writes need no key, unless --no-store-key. It is a new key unless
+    one is given with --signing-key-file or --key HEX, or else in the
+    PYPDS_SIGNING_KEY environment variable. The key itself is never
+    printed: only its did:key.
 
     \b
-    Example:
+    Examples:
       pypds init ./alice --did did:plc:ewvi7nxzyoun6zhxrhs64oiz --key p256
+      pypds init ./alice --did did:plc:ewvi7nxzyoun6zhxrhs64oiz --signing-key-file alice.key
     """
-    key = generate_signing_key(key_spec) if key_spec in ("k256", "p256") else load_key(key_spec, curve)
+    if key_spec in ("k256", "p256"):
+        if signing_key_file is not None:
+            raise click.UsageError(f"--key {key_spec} generates a key: do not give --signing-key-file too")
+        key = generate_signing_key(key_spec)
+    else:
+        key = given_key(key_spec, signing_key_file, curve, "key_spec") or env_key(curve)
+    if no_store_key and (key is None or key_spec in ("k256", "p256")):
+        raise click.UsageError("--no-store-key needs a key you keep: --signing-key-file FILE or " + KEY_ENV)
     if Path(path).is_file():
         raise InputError(f"{path} is a file, not a directory")
-    with Repo.create(path, did, signing_key=key, store_key=True) as repo:
+    with Repo.create(path, did, signing_key=key, store_key=not no_store_key) as repo:
         info = {"path": path, "did": repo.did, "didKey": repo.did_key, "head": repo.head.encode(), "rev": repo.rev}
     _print_info(info, as_json)
 
@@ -100,6 +135,11 @@ def import_cmd(path: str, car: str, key: PublicKey | None, as_json: bool, quiet:
             with open_repo(path) as repo:
                 blocks = repo.import_car(reader, key=key)  # type: ignore[arg-type]
                 head, rev, did = repo.head, repo.rev, repo.did
+                if repo.signing_key_matches_head() is False:
+                    warn(
+                        f"HEAD of {path} is now signed by another key than the stored {repo.did_key}: "
+                        "writes signed by the stored key need --rotate-key"
+                    )
             created = False
         else:
             with Repo.from_car(target, reader, key=key) as repo:  # type: ignore[arg-type]
@@ -168,9 +208,7 @@ def export_cmd(path: str, output: str | None, commit_spec: str | None, as_json: 
 @click.argument("file", metavar="FILE|-")
 @signing_key_options
 @json_option
-def put_cmd(
-    path: str, collection: str, rkey: str, file: str, signing_key: str | None, curve: str, as_json: bool
-) -> None:
+def put_cmd(path: str, collection: str, rkey: str, file: str, signer: Signer, as_json: bool) -> None:
     """Create or replace a record from atproto JSON (a file, or - for stdin), in one signed commit.
 
     Links are {"$link": "bafy..."}, bytes {"$bytes": "<base64>"}; floats are refused.
@@ -181,7 +219,7 @@ def put_cmd(
         | pypds put ./alice app.bsky.feed.post 3jui7kd54zh2y -
     """
     record = from_json(read_json_input(file))
-    with open_repo(path, signing_key=load_key(signing_key, curve), writable=True) as repo:
+    with open_repo(path, signer=signer) as repo:
         cid = repo.put(collection, rkey, record)
         info = {"path": f"{collection}/{rkey}", "cid": cid.encode(), "commit": repo.head.encode(), "rev": repo.rev}
     _print_info(info, as_json)
@@ -193,14 +231,14 @@ def put_cmd(
 @click.argument("rkey")
 @signing_key_options
 @json_option
-def rm_cmd(path: str, collection: str, rkey: str, signing_key: str | None, curve: str, as_json: bool) -> None:
+def rm_cmd(path: str, collection: str, rkey: str, signer: Signer, as_json: bool) -> None:
     """Delete a record in one signed commit.
 
     \b
     Example:
       pypds rm ./alice app.bsky.feed.post 3jui7kd54zh2y
     """
-    with open_repo(path, signing_key=load_key(signing_key, curve), writable=True) as repo:
+    with open_repo(path, signer=signer) as repo:
         repo.delete(collection, rkey)
         info = {"path": f"{collection}/{rkey}", "commit": repo.head.encode(), "rev": repo.rev}
     _print_info(info, as_json)
@@ -319,8 +357,7 @@ def blob_put_cmd(path: str, file: str, mime: str | None, as_json: bool) -> None:
         mime = mimetypes.guess_type(file)[0] if file != "-" else None
         if mime is None:
             raise click.UsageError(f"cannot guess the MIME type of {file}: pass --mime TYPE")
-    with open_input(file) as (stream, _size):
-        data = stream.read()
+    data = read_capped(file, MAX_BLOB_INPUT_BYTES, "max_blob_input_bytes")
     with open_repo(path) as repo:
         ref = repo.put_blob(data, mime)
     if as_json:

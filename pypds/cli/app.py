@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 import click
@@ -72,14 +73,24 @@ def _os_message(exc: OSError) -> str:
     return str(exc)
 
 
+def _show_warning(message: Warning | str, *_args: object, **_kwargs: object) -> None:
+    click.echo(f"pypds: warning: {_one_line(str(message))}", err=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
     Errors never raise: each becomes one line ``pypds: <message>`` on stderr
     and the status 1 (an integrity check failed) or 2 (usage or input error).
-    Set ``PYPDS_DEBUG=1`` to get the traceback of an unexpected error.
+    Warnings are one line ``pypds: warning: <message>``. Set ``PYPDS_DEBUG=1``
+    to get the traceback of an unexpected error.
     """
-    args = list(sys.argv[1:] if argv is None else argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _run(list(sys.argv[1:] if argv is None else argv))
+
+
+def _run(args: list[str]) -> int:
     try:
         result = cli.main(args=args, prog_name="pypds", standalone_mode=False)
     except click.UsageError as exc:
