@@ -83,6 +83,7 @@ from .files import TEMP_PREFIX
 from .identity import Identity, ResolverConfig, resolve_async
 from .limits import DEFAULT_LIMITS, Limits
 from .repo import Repo
+from .store import DB_NAME, is_unfinished_create
 from .syntax import is_valid_tid
 from .xrpc import MIN_RATE, RATE_WINDOW, Pace, XrpcClient, iter_body, new_session
 
@@ -322,7 +323,7 @@ class _Download:
         self.limits = limits
 
     async def run(self, *, blobs: bool, since: bool) -> DownloadReport:
-        if (self.target / "pds.db").exists():
+        if (self.target / DB_NAME).exists() and not is_unfinished_create(self.target):
             repo = await asyncio.to_thread(Repo.open, self.target, limits=self.limits)
             try:
                 report = await self._update(repo, since)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import time
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -125,6 +126,47 @@ def _sqlite_name(path: Path) -> str:
     return name
 
 
+#: A ``pds.db`` without schema is an abandoned create only once it is this old (seconds): a
+#: live create holds the write lock from a moment after making the file until it commits.
+UNFINISHED_CREATE_SECONDS = 2.0
+
+
+def is_unfinished_create(directory: Path) -> bool:
+    """Whether ``directory``'s ``pds.db`` was left by a create that was killed before it committed.
+
+    Such a file has no schema (version 0, no table), is not write-locked by a
+    live creator, and is at least :data:`UNFINISHED_CREATE_SECONDS` old. It
+    holds nothing: creating a repository there replaces it.
+    """
+    path = directory / DB_NAME
+    try:
+        if time.time() - path.stat().st_mtime < UNFINISHED_CREATE_SECONDS:
+            return False
+        conn = apsw.Connection(_sqlite_name(path), flags=apsw.SQLITE_OPEN_READWRITE)
+    except (OSError, apsw.Error):
+        return False
+    try:
+        conn.set_busy_timeout(0)
+        conn.execute("BEGIN IMMEDIATE")  # a live creator holds this lock
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        conn.execute("ROLLBACK")
+        return version == 0 and tables == 0
+    except apsw.Error:
+        return False
+    finally:
+        conn.close()
+
+
+def _discard_unfinished_create(path: Path) -> bool:
+    """Remove an abandoned unfinished create's files; False if ``path`` is anything else."""
+    if not is_unfinished_create(path.parent):
+        return False
+    for suffix in _DB_SUFFIXES:
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return True
+
+
 def _remove_tree(directory: Path | None) -> None:
     if directory is not None:
         shutil.rmtree(directory, ignore_errors=True)
@@ -155,7 +197,7 @@ class Store:
         """Create ``pds.db`` (mode 0600) in ``directory``, making the directory (0700) if needed."""
         path = directory / DB_NAME
         name = _sqlite_name(path)
-        if path.exists():
+        if path.exists() and not _discard_unfinished_create(path):
             raise RepoExists(f"a repository already exists at {directory}")
         with disk_full_as_error(directory):
             made = make_private_dirs(directory)
@@ -209,7 +251,10 @@ class Store:
             raise RepoNotFound(f"{path} is not a pypds database: {exc}") from None
         if version == 0:
             conn.close()
-            raise RepoNotFound(f"{path} holds no pypds repository (empty or unfinished create)")
+            raise RepoNotFound(
+                f"{path} holds no pypds repository (an empty file, or a create or download killed before "
+                "it finished: creating or downloading into it again replaces it)"
+            )
         if version not in _MIGRATIONS and version != SCHEMA_VERSION:
             conn.close()
             newer = "newer" if version > SCHEMA_VERSION else "unknown"

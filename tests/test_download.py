@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import apsw
 import pytest
 from aiohttp import web
 
@@ -164,6 +165,19 @@ def test_download_by_did_then_update_with_since(source, tmp_path):
     assert_identical(source.path, copy)
     again = download(DID, copy, blobs=True, since=True, config=source.config)
     assert again.action == "unchanged" and again.blobs_fetched == [] and again.car_bytes == 0
+
+
+def test_a_download_killed_while_creating_the_copy_is_redone_by_the_next_run(source, tmp_path):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    conn = apsw.Connection(str(copy / "pds.db"))  # what a create killed before its commit leaves
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.close()
+    old = time.time() - 60
+    os.utime(copy / "pds.db", (old, old))
+    report = download(DID, copy, blobs=True, config=source.config)
+    assert report.action == "created"
+    assert_identical(source.path, copy)
 
 
 def test_download_without_since_reimports_the_whole_repository(source, tmp_path):

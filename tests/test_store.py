@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
+import signal
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import apsw
@@ -20,14 +25,19 @@ import pytest
 
 import pypds.files
 from pypds import (
+    CarReader,
+    CarWriter,
     DiskFull,
     PypdsError,
     Repo,
+    RepoExists,
+    RepoNotFound,
     StoreDamaged,
     cid_for_raw,
 )
 from pypds.cli import main
 from pypds.files import TEMP_PREFIX
+from pypds.store import is_unfinished_create
 
 from .conftest import DID, POST, post
 
@@ -393,3 +403,89 @@ def test_the_cli_reports_a_full_disk_in_one_line_and_changes_nothing(tmp_path, f
         assert "No space left" in err or "disk is full" in err, err
     full_disk.full = False
     assert files_digest(root) == before
+
+
+# -- a create killed before it committed ------------------------------------------------------
+
+
+def _killed_from_car(target: Path, car: bytes, tmp_path: Path) -> None:
+    """Start Repo.from_car in a child fed through a FIFO, let it begin writing, then SIGKILL it."""
+    fifo = tmp_path / "car.fifo"
+    os.mkfifo(fifo)
+    code = f"from pypds import Repo; Repo.from_car({str(target)!r}, {str(fifo)!r})"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    with CarReader(car) as reader:
+        root, blocks = reader.roots[0], list(reader)
+    stream = io.BytesIO()
+    writer = CarWriter(stream, [root])
+    writer.write_block(*blocks[0])  # the commit
+    for _ in range(2):  # unreached padding: the reader reads 1 MiB at a time
+        padding = os.urandom(600 << 10)
+        writer.write_block(cid_for_raw(padding), padding)
+    for block in blocks[1 : len(blocks) // 2]:
+        writer.write_block(*block)
+    try:
+        with open(fifo, "wb") as feed:
+            feed.write(stream.getvalue())  # the commit and part of the tree: then the child waits for more
+            feed.flush()
+            deadline = time.monotonic() + 20
+            while not (target / "pds.db-wal").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.2)
+            child.send_signal(signal.SIGKILL)
+            child.wait(10)
+    except BrokenPipeError:
+        pass
+    finally:
+        child.kill()
+        child.wait()
+    assert (target / "pds.db").exists()
+
+
+def _age(path: Path, seconds: float) -> None:
+    old = time.time() - seconds
+    os.utime(path, (old, old))
+
+
+def test_a_create_killed_before_it_committed_is_replaced_by_the_next_create(tmp_path):
+    with Repo.create(tmp_path / "src", DID) as repo:
+        with repo.batch() as batch:
+            for i in range(300):
+                batch.put(POST, f"p{i:03d}", post(i))
+        car = repo.export_car()
+        head = repo.head
+    target = tmp_path / "copy"
+    _killed_from_car(target, car, tmp_path)
+    with pytest.raises(RepoNotFound, match="killed before it finished"):
+        Repo.open(target)
+    _age(target / "pds.db", 10)
+    assert is_unfinished_create(target)
+    with Repo.from_car(target, car) as copy:
+        assert copy.head == head
+
+
+def test_a_fresh_or_locked_schema_less_file_is_not_taken_for_an_abandoned_create(tmp_path):
+    target = tmp_path / "r"
+    target.mkdir()
+    conn = apsw.Connection(str(target / "pds.db"))
+    conn.execute("PRAGMA journal_mode = WAL")
+    with pytest.raises(RepoExists):  # too young: a create may be between making the file and locking it
+        Repo.create(target, DID)
+    _age(target / "pds.db", 10)
+    conn.execute("BEGIN IMMEDIATE")  # a live creator holds the write lock
+    with pytest.raises(RepoExists):
+        Repo.create(target, DID)
+    conn.execute("ROLLBACK")
+    conn.close()
+    assert is_unfinished_create(target)
+    with Repo.create(target, DID) as repo:
+        assert repo.did == DID
+
+
+def test_a_store_with_a_schema_is_never_taken_for_an_abandoned_create(tmp_path):
+    with Repo.create(tmp_path / "r", DID):
+        pass
+    _age(tmp_path / "r" / "pds.db", 10)
+    assert not is_unfinished_create(tmp_path / "r")
+    with pytest.raises(RepoExists):
+        Repo.create(tmp_path / "r", DID)
