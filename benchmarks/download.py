@@ -32,7 +32,7 @@ from pathlib import Path
 from aiohttp import web
 
 from pypds import Repo
-from pypds.server import start_server
+from pypds.net.server import start_server
 
 DID = "did:plc:w4xbfzo7kqfes5zb7r6qv3rw"
 POST = "app.bsky.feed.post"

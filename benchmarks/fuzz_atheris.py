@@ -45,7 +45,7 @@ import atheris
 with atheris.instrument_imports():
     import pypds
     from pypds import CarReader, PypdsError, Repo, decode_commit
-    from pypds.cbor import decode_record
+    from pypds.codec.cbor import decode_record
     from pypds.mst import decode_node, encode_node, walk_tree
 
 DID = "did:plc:w4xbfzo7kqfes5zb7r6qv3rw"

@@ -10,11 +10,11 @@ See the README for the full API.
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .atjson import from_json, to_json
-from .blobs import BlobRef
-from .car import CarReader, CarWriter
-from .car_order import CarOrder, check_car_order
-from .cid import CID, cid_for_cbor, cid_for_raw, parse_cid
+from .car.order import CarOrder, check_car_order
+from .car.reader import CarReader
+from .car.writer import CarWriter
+from .codec.atjson import from_json, to_json
+from .codec.cid import CID, cid_for_cbor, cid_for_raw, parse_cid
 from .commit import Commit, decode_commit, sign_commit
 from .errors import (
     AddressRefused,
@@ -63,7 +63,6 @@ from .errors import (
     StoreDamaged,
     TransferTooSlow,
 )
-from .firehose import VerifiedCommit, verify_commit_message
 from .keys import (
     K256SigningKey,
     P256SigningKey,
@@ -75,35 +74,37 @@ from .keys import (
 )
 from .limits import Limits
 from .mst import MST
-from .proof import verify_proof
-from .repo import Batch, BlockStore, GcReport, Repo
-from .service_auth import service_auth_token
-from .verify import Check, Outcome, VerifyReport, verify_car
+from .net.service_auth import service_auth_token
+from .repo.repo import Batch, BlockStore, GcReport, Repo
+from .storage.blobs import BlobRef
+from .sync.firehose import VerifiedCommit, verify_commit_message
+from .sync.proof import verify_proof
+from .sync.verify import Check, Outcome, VerifyReport, verify_car
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .downloader import BlobFailure, DownloadReport, download, download_async
-    from .identity import Identity, ResolverConfig, resolve, resolve_async
-    from .pusher import NewAccount, PushReport, push, push_async
-    from .server import make_app, serve
+    from .net.downloader import BlobFailure, DownloadReport, download, download_async
+    from .net.identity import Identity, ResolverConfig, resolve, resolve_async
+    from .net.pusher import NewAccount, PushReport, push, push_async
+    from .net.server import make_app, serve
 
 #: Network entry points, imported on first use so that ``import pypds`` never imports aiohttp.
 _LAZY = {
-    "download": "downloader",
-    "download_async": "downloader",
-    "DownloadReport": "downloader",
-    "BlobFailure": "downloader",
-    "resolve": "identity",
-    "resolve_async": "identity",
-    "Identity": "identity",
-    "ResolverConfig": "identity",
-    "push": "pusher",
-    "push_async": "pusher",
-    "PushReport": "pusher",
-    "NewAccount": "pusher",
-    "make_app": "server",
-    "serve": "server",
+    "download": "net.downloader",
+    "download_async": "net.downloader",
+    "DownloadReport": "net.downloader",
+    "BlobFailure": "net.downloader",
+    "resolve": "net.identity",
+    "resolve_async": "net.identity",
+    "Identity": "net.identity",
+    "ResolverConfig": "net.identity",
+    "push": "net.pusher",
+    "push_async": "net.pusher",
+    "PushReport": "net.pusher",
+    "NewAccount": "net.pusher",
+    "make_app": "net.server",
+    "serve": "net.server",
 }
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import cbrrr
 
-from .cid import CID, cid_for_cbor, is_dag_cbor
+from .codec.cid import CID, cid_for_cbor, is_dag_cbor
 from .errors import BadSignature, InvalidCommit, shown
 from .keys import PublicKey, SigningKey, is_high_s
 from .syntax import is_valid_did, is_valid_tid

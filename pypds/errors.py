@@ -252,7 +252,7 @@ class DiskFull(StorageError):
     """No space was left for a write (ENOSPC, a quota, SQLITE_FULL); nothing was changed."""
 
 
-# -- network: pypds.identity, pypds.downloader, pypds.server ------------------------
+# -- network: pypds.net.identity, pypds.net.downloader, pypds.net.server ------------------------
 #
 #   PypdsError
 #   ├── InvalidInput

@@ -19,7 +19,7 @@ from typing import Any
 import apsw
 
 from pypds import Repo, parse_did_key
-from pypds.car_import import StreamedCar
+from pypds.car.stream import StreamedCar
 from pypds.limits import DEFAULT_LIMITS
 from pypds.mst import build_tree
 

@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pypds import CID, Repo, cid_for_raw
-from pypds.cid import verify_block
+from pypds.codec.cid import verify_block
 from pypds.commit import Commit, decode_commit
 from pypds.keys import load_public_key
 from pypds.mst.node import decode_node

@@ -72,7 +72,7 @@ def make_record(rng: random.Random, collection: str) -> dict:
 def record_cid(record: dict, path: str) -> str:
     """The CID string pypds will give ``record`` stored at ``path``."""
     from pypds import cid_for_cbor
-    from pypds.cbor import encode_record
+    from pypds.codec.cbor import encode_record
 
     return cid_for_cbor(encode_record(record, path)).encode()
 

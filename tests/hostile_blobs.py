@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from pypds.blobs import MAX_BLOB_BYTES
+from pypds.storage.blobs import MAX_BLOB_BYTES
 
 SECRET = b"secret outside the repository " * 10_000  # 300 KB
 

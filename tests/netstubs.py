@@ -30,7 +30,7 @@ from aiohttp import web
 
 from pypds import ResolverConfig
 from pypds.keys import PublicKey
-from pypds.server import start_server
+from pypds.net.server import start_server
 
 LOOPBACK = "127.0.0.1"
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pypds import CID, InvalidRecord, LimitExceeded, cid_for_cbor, from_json, to_json
-from pypds.cbor import decode, encode
+from pypds.codec.cbor import decode, encode
 
 from .conftest import INTEROP, load_json
 

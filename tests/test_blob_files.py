@@ -1,4 +1,4 @@
-"""The ``blobs/`` tree (pypds.blobs): a hostile tree cannot make the library read outside the
+"""The ``blobs/`` tree (pypds.storage.blobs): a hostile tree cannot make the library read outside the
 repository or block, a file changed while streamed is never passed on, and the set of blobs
 records reference follows HEAD (issue 11, section 3)."""
 
@@ -22,8 +22,8 @@ from pypds import (
     cid_for_cbor,
     cid_for_raw,
 )
-from pypds import blobs as blobs_module
-from pypds.blobs import SEGMENT_BYTES, BlobStore
+from pypds.storage import blobs as blobs_module
+from pypds.storage.blobs import SEGMENT_BYTES, BlobStore
 
 from .conftest import DID, POST, post
 from .hostile_blobs import HOSTILE, SECRET, plant

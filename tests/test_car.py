@@ -28,7 +28,7 @@ from pypds import (
     cid_for_cbor,
     cid_for_raw,
 )
-from pypds.car import encode_varint
+from pypds.car.writer import encode_varint
 from pypds.limits import MAX_CAR_HEADER_BYTES, MAX_CAR_SECTION_BYTES
 
 from .conftest import REFERENCE, load_json, read_uvarint

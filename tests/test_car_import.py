@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pypds import CID, CarReader, CarWriter, LimitExceeded, Limits, PartialTree, Repo, verify_car
-from pypds.car_import import StreamedCar
+from pypds.car.stream import StreamedCar
 
 from .conftest import DID, POST, post
 

@@ -22,7 +22,7 @@ from pypds import (
     PypdsError,
     cid_for_cbor,
 )
-from pypds import cbor as pcbor
+from pypds.codec import cbor as pcbor
 from pypds.limits import MAX_CBOR_DEPTH, MAX_RECORD_BYTES, Limits
 
 from .conftest import INTEROP

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pypds import CID, BlockHashMismatch, IntegrityError, InvalidCid, cid_for_cbor, cid_for_raw, parse_cid
-from pypds.cid import DAG_CBOR_PREFIX, RAW_PREFIX, check_cid_bytes, is_dag_cbor, verify_block
+from pypds.codec.cid import DAG_CBOR_PREFIX, RAW_PREFIX, check_cid_bytes, is_dag_cbor, verify_block
 
 from .conftest import syntax_lines
 

@@ -48,7 +48,7 @@ from pypds import (
     cid_for_cbor,
     decode_commit,
 )
-from pypds.car_import import StreamedCar
+from pypds.car.stream import StreamedCar
 from pypds.limits import DEFAULT_LIMITS
 from pypds.mst import build_tree
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import apsw
 import pytest
 
-import pypds.blobs
-import pypds.files
+import pypds.filesystem
+import pypds.storage.blobs
 from pypds import CID, BlockHashMismatch, DiskFull, Repo, cid_for_raw
 
 from .conftest import DID, POST, post
@@ -101,7 +101,7 @@ def test_checks_catch_damage(tmp_path, damage):
 _KILL_AT = textwrap.dedent(
     """
     import os, signal, sys, json
-    import pypds.blobs, pypds.files, pypds.store
+    import pypds.storage.blobs, pypds.filesystem, pypds.storage.store
     from pypds import Repo
 
     repo_dir, point, car = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -111,15 +111,15 @@ _KILL_AT = textwrap.dedent(
 
     repo = Repo.open(repo_dir)
     if point == "before-blob-rename":
-        pypds.files.os.replace = die
+        pypds.filesystem.os.replace = die
     elif point == "before-blob-dir-fsync":
-        pypds.blobs.fsync_dir = die
+        pypds.storage.blobs.fsync_dir = die
     elif point.startswith("set-head"):
-        real = pypds.store.Store.set_head
+        real = pypds.storage.store.Store.set_head
         def set_head(self, cid, rev):
             real(self, cid, rev)
             die()
-        pypds.store.Store.set_head = set_head
+        pypds.storage.store.Store.set_head = set_head
     print(json.dumps({"head": repo.head.encode()}), flush=True)
     if point in ("before-blob-rename", "before-blob-dir-fsync"):
         repo.put_blob(b"k" * 200_000, "image/png")
@@ -243,7 +243,7 @@ def test_put_blob_interrupted_at_rename_leaves_nothing(repo, monkeypatch):
     def broken_replace(src, dst):
         raise OSError(28, "No space left on device (simulated)")
 
-    monkeypatch.setattr(pypds.files.os, "replace", broken_replace)
+    monkeypatch.setattr(pypds.filesystem.os, "replace", broken_replace)
     with pytest.raises(DiskFull, match="No space left"):
         repo.put_blob(data, "image/png")
     monkeypatch.undo()
@@ -280,7 +280,7 @@ def test_put_blob_interrupted_mid_write_leaves_nothing(repo, monkeypatch):
         f = real_open(path, mode, *args, **kwargs)
         return HalfWriter(f) if "w" in mode else f
 
-    monkeypatch.setattr(pypds.files, "open", half_open, raising=False)
+    monkeypatch.setattr(pypds.filesystem, "open", half_open, raising=False)
     with pytest.raises(OSError, match="simulated"):
         repo.put_blob(data, "image/png")
     monkeypatch.undo()
@@ -296,7 +296,7 @@ def test_put_blob_interrupted_at_fsync_leaves_nothing(repo, monkeypatch):
     def broken_fsync(fd):
         raise OSError(5, "fsync failed (simulated)")
 
-    monkeypatch.setattr(pypds.files.os, "fsync", broken_fsync)
+    monkeypatch.setattr(pypds.filesystem.os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="simulated"):
         repo.put_blob(data, "image/png")
     monkeypatch.undo()

@@ -51,7 +51,7 @@ from pypds import (
 )
 from pypds.cli import main
 from pypds.commit import rev_is_newer
-from pypds.server import make_app
+from pypds.net.server import make_app
 
 from .conftest import DID, POST, post
 from .netstubs import DnsStub, PdsProxy, ServerThread, WebStub, cut_short, did_document, free_port, stub_config

@@ -21,10 +21,10 @@ import apsw
 import pytest
 
 from pypds import BlockHashMismatch, CarReader, Repo
-from pypds.car import CarFormatError
+from pypds.car.reader import CarFormatError
 from pypds.cli import main
-from pypds.files import TEMP_PREFIX
-from pypds.server import make_app
+from pypds.filesystem import TEMP_PREFIX
+from pypds.net.server import make_app
 
 from .conftest import DID, POST, post
 from .netstubs import ServerThread

@@ -24,9 +24,9 @@ from pypds import (
     generate_signing_key,
     to_json,
 )
-from pypds.car import CarReader
-from pypds.firehose import _PartialTree, _undo, covering_proof, verify_commit_message
+from pypds.car.reader import CarReader
 from pypds.mst import build_tree, delete, put
+from pypds.sync.firehose import _PartialTree, _undo, covering_proof, verify_commit_message
 
 from .conftest import DID, INTEROP, POST, REALWORLD, REFERENCE, load_json, post
 from .test_mst import MemorySource
@@ -255,7 +255,7 @@ def test_version_1_store_is_migrated_on_open(tmp_path):
         repo.put(POST, "a", post(1))
         _check_event(repo, repo.commit_event(), before)
     conn = apsw.Connection(str(tmp_path / "r" / "pds.db"))
-    from pypds.store import SCHEMA_VERSION
+    from pypds.storage.store import SCHEMA_VERSION
 
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 

@@ -52,8 +52,8 @@ from pypds import (
     load_signing_key,
     sign_commit,
 )
-from pypds import cbor as pcbor
-from pypds.car import encode_varint
+from pypds.car.writer import encode_varint
+from pypds.codec import cbor as pcbor
 from pypds.limits import MAX_CAR_HEADER_BYTES
 from pypds.mst import Node, decode_node, encode_node, key_height, walk_tree
 

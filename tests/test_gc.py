@@ -8,8 +8,8 @@ import time
 import pytest
 
 from pypds import cid_for_cbor, cid_for_raw
-from pypds.blobs import blob_refs
-from pypds.store import Store
+from pypds.storage.blobs import blob_refs
+from pypds.storage.store import Store
 
 from .conftest import POST, post
 

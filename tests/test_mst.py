@@ -282,7 +282,7 @@ def _stored_tree(keys: list[bytes]) -> tuple[dict[bytes, bytes], CID]:
 @settings(max_examples=40, deadline=None)
 @given(st.sets(st.integers(0, 5000), min_size=0, max_size=300))
 def test_stored_stream_order_matches_the_node_walk(numbers):
-    from pypds.mst.cache import NodeCache
+    from pypds.mst.nodestore import NodeCache
     from pypds.mst.tree import iter_stored_stream_order, iter_stream_order
 
     blocks, root = _stored_tree([f"app.bsky.feed.post/k{n:05d}".encode() for n in numbers])

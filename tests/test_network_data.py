@@ -13,8 +13,8 @@ import json
 import pytest
 
 from pypds import cid_for_cbor, decode_commit
-from pypds.car import CarReader
-from pypds.cbor import decode_record
+from pypds.car.reader import CarReader
+from pypds.codec.cbor import decode_record
 from pypds.mst import decode_node, encode_node
 
 from .conftest import REFERENCE

@@ -39,10 +39,10 @@ from pypds import (
     push,
     service_auth_token,
 )
-from pypds.blobs import blob_refs
-from pypds.cid import cid_for_raw
 from pypds.cli import main
+from pypds.codec.cid import cid_for_raw
 from pypds.keys import K256_ORDER, P256_ORDER
+from pypds.storage.blobs import blob_refs
 
 from .conftest import DID, POST, post
 from .netstubs import ServerThread, free_port

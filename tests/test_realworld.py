@@ -28,8 +28,8 @@ from pypds import (
     verify_proof,
 )
 from pypds.cli import main
-from pypds.identity import identity_from_document
 from pypds.keys import P256_ORDER
+from pypds.net.identity import identity_from_document
 
 from .conftest import REALWORLD, post
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pypds import Repo
-from pypds.record_cache import CachedRecord, RecordCache
+from pypds.storage.record_cache import CachedRecord, RecordCache
 
 from .conftest import DID, POST, post
 

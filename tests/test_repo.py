@@ -32,7 +32,7 @@ from pypds import (
     generate_signing_key,
     parse_did_key,
 )
-from pypds.car import CarReader
+from pypds.car.reader import CarReader
 from pypds.mst import build_tree
 from pypds.tid import decode_tid
 
@@ -692,7 +692,7 @@ def test_iter_car_streams_the_same_bytes_as_export(repo):
 
 
 def test_iter_car_raises_before_streaming_when_commit_is_absent(repo):
-    from pypds.cid import cid_for_cbor
+    from pypds.codec.cid import cid_for_cbor
     from pypds.errors import MissingBlock
 
     absent = cid_for_cbor(b"\xa0")
@@ -702,8 +702,8 @@ def test_iter_car_raises_before_streaming_when_commit_is_absent(repo):
 
 def _export_by_point_reads(repo) -> bytes:
     """The CAR built from the tree alone (no paths index): node blocks, then each record by its CID."""
-    from pypds.car import CarWriter
-    from pypds.mst.cache import NodeCache
+    from pypds.car.writer import CarWriter
+    from pypds.mst.nodestore import NodeCache
     from pypds.mst.tree import iter_stream_order
 
     out = io.BytesIO()
@@ -742,7 +742,7 @@ def test_export_survives_a_stale_paths_index(repo, tmp_path):
 
 def test_version_3_store_gets_rowid_blocks_on_open(tmp_path):
     """Version 3 kept blocks in a WITHOUT ROWID table keyed by CID; opening converts it, keeping every block."""
-    from pypds.store import SCHEMA_VERSION
+    from pypds.storage.store import SCHEMA_VERSION
 
     path = tmp_path / "r"
     with Repo.create(path, DID) as repo:

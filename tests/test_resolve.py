@@ -1,4 +1,4 @@
-"""Identity resolution (pypds.identity) against loopback DNS and HTTP stubs.
+"""Identity resolution (pypds.net.identity) against loopback DNS and HTTP stubs.
 
 A handle resolves through DNS TXT ``_atproto.<handle>`` and
 ``/.well-known/atproto-did``; a DID through the PLC directory or
@@ -22,7 +22,7 @@ from pypds import (
     generate_signing_key,
     resolve,
 )
-from pypds.identity import DEFAULT_PLC_URL, identity_from_document, is_valid_handle
+from pypds.net.identity import DEFAULT_PLC_URL, identity_from_document, is_valid_handle
 
 from .conftest import DID
 from .netstubs import DnsStub, WebStub, did_document, free_port, stub_config
@@ -385,7 +385,7 @@ def test_a_document_dripped_a_byte_at_a_time_times_out():
 @pytest.mark.parametrize("body", [b"[" * 100_000, b'{"a":' * 100_000, b"\xff", b"[]"])
 def test_json_object_turns_any_bad_answer_into_the_given_error(body):
     from pypds import NetworkError
-    from pypds.xrpc import json_object
+    from pypds.net.xrpc import json_object
 
     with pytest.raises(NetworkError, match="the answer"):
         json_object(body, NetworkError, "the answer")
@@ -402,14 +402,14 @@ def test_json_object_turns_any_bad_answer_into_the_given_error(body):
     + ["::ffff:127.0.0.1", "::ffff:10.0.0.1", "64:ff9b::a00:1", "2002:7f00:1::1", "2001:db8::1", "::7f00:1"],
 )
 def test_non_public_addresses_are_recognised(address):
-    from pypds.xrpc import is_public_address
+    from pypds.net.xrpc import is_public_address
 
     assert not is_public_address(address)
 
 
 @pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808"])
 def test_public_addresses_are_recognised(address):
-    from pypds.xrpc import is_public_address
+    from pypds.net.xrpc import is_public_address
 
     assert is_public_address(address)
 
@@ -434,7 +434,7 @@ def test_a_name_re_bound_to_a_private_address_is_refused_at_connect_time():
     import asyncio
 
     from pypds import AddressRefused
-    from pypds.xrpc import AddressPolicy, PublicOnlyResolver
+    from pypds.net.xrpc import AddressPolicy, PublicOnlyResolver
 
     dns = FakeDns({"pds.example.com": ["127.0.0.1", "::1"], "mixed.example.com": ["10.0.0.8", "8.8.8.8"]})
     resolver = PublicOnlyResolver(AddressPolicy(trusted=frozenset({("plc.internal", 8080)})), dns)
@@ -495,7 +495,7 @@ def test_redirects_are_followed_at_most_five_times(web, dns_stub):
 
 
 def test_address_policy_trusts_exactly_the_hosts_the_user_named():
-    from pypds.xrpc import AddressPolicy
+    from pypds.net.xrpc import AddressPolicy
 
     policy = ResolverConfig(plc_url="http://127.0.0.1:2582", web_base="http://{host}:8080").address_policy()
     assert policy == AddressPolicy(False, frozenset({("127.0.0.1", 2582)}))

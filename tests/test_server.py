@@ -1,4 +1,4 @@
-"""The sync API server (pypds.server): every method, its parameters and its XRPC errors,
+"""The sync API server (pypds.net.server): every method, its parameters and its XRPC errors,
 hostile blob files, stalling clients, and stopping.
 
 Requests go through the standard library's HTTP client (or a raw socket,
@@ -29,10 +29,10 @@ from pathlib import Path
 import pytest
 
 from pypds import CID, InvalidInput, Repo, cid_for_cbor, cid_for_raw, verify_proof
-from pypds import blobs as blobs_module
-from pypds.blobs import SEGMENT_BYTES, BlobFile, BlobStore
-from pypds.car import CarReader
-from pypds.server import SHUTDOWN_TIMEOUT, make_app, start_server
+from pypds.storage import blobs as blobs_module
+from pypds.car.reader import CarReader
+from pypds.net.server import SHUTDOWN_TIMEOUT, make_app, start_server
+from pypds.storage.blobs import SEGMENT_BYTES, BlobFile, BlobStore
 
 from .conftest import DID, POST, post, read_uvarint
 from .hostile_blobs import HOSTILE, plant
@@ -756,7 +756,7 @@ def test_import_pypds_does_not_import_aiohttp_until_a_network_name_is_used():
     script = (
         "import sys, pypds\n"
         "assert 'aiohttp' not in sys.modules and 'dns' not in sys.modules\n"
-        "import pypds.downloader, pypds.identity\n"  # the modules do not shadow the functions
+        "import pypds.net.downloader, pypds.net.identity\n"  # the modules do not shadow the functions
         "assert callable(pypds.download) and callable(pypds.resolve) and callable(pypds.make_app)\n"
         "assert 'aiohttp' in sys.modules and 'make_app' in dir(pypds)\n"
     )

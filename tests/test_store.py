@@ -23,7 +23,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-import pypds.files
+import pypds.filesystem
 from pypds import (
     CarReader,
     CarWriter,
@@ -36,8 +36,8 @@ from pypds import (
     cid_for_raw,
 )
 from pypds.cli import main
-from pypds.files import TEMP_PREFIX
-from pypds.store import is_unfinished_create
+from pypds.filesystem import TEMP_PREFIX
+from pypds.storage.store import is_unfinished_create
 
 from .conftest import DID, POST, post
 
@@ -328,12 +328,12 @@ def full_disk():
 
 @pytest.fixture
 def enospc(monkeypatch):
-    """File writes through pypds.files fail with ENOSPC when fsynced (where delayed allocation fails)."""
+    """File writes through pypds.filesystem fail with ENOSPC when fsynced (where delayed allocation fails)."""
 
     def no_space(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(pypds.files.os, "fsync", no_space)
+    monkeypatch.setattr(pypds.filesystem.os, "fsync", no_space)
 
 
 def repo_state(repo: Repo) -> tuple:

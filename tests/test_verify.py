@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pypds import Outcome, Repo, generate_signing_key, verify_car
-from pypds.verify import CHECKS
+from pypds.sync.verify import CHECKS
 
 from .conftest import DID, POST, post
 

@@ -21,11 +21,11 @@ from typing import Any, BinaryIO, TypeVar
 
 import click
 
-from ..cid import CID, parse_cid
+from ..codec.cid import CID, parse_cid
 from ..errors import InvalidCommit, LimitExceeded, MissingBlock, PypdsError
-from ..files import atomic_file
+from ..filesystem import atomic_file
 from ..keys import PublicKey, SigningKey, load_signing_key, parse_did_key
-from ..repo import Repo
+from ..repo.repo import Repo
 from ..syntax import is_valid_did
 
 F = TypeVar("F", bound=Callable[..., Any])

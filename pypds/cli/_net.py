@@ -29,10 +29,10 @@ from ._common import (
 )
 
 if TYPE_CHECKING:
-    from ..downloader import BlobFailure, DownloadReport
-    from ..pusher import PushReport
+    from ..net.downloader import BlobFailure, DownloadReport
+    from ..net.pusher import PushReport
 
-DEFAULT_PLC_URL = "https://plc.directory"  # pypds.identity.DEFAULT_PLC_URL, without importing it
+DEFAULT_PLC_URL = "https://plc.directory"  # pypds.net.identity.DEFAULT_PLC_URL, without importing it
 
 
 def _http_url(value: str | None, option: str) -> str | None:
@@ -92,7 +92,7 @@ def serve_cmd(paths: tuple[str, ...], host: str, port: int, header_timeout: floa
             raise InputError(f"{path} is not a repository directory")
         if not (Path(path) / "pds.db").exists():
             raise InputError(f"no repository at {path}")
-    from ..server import serve
+    from ..net.server import serve
 
     def ready(url: str, dids: list[str]) -> None:
         count = f"{len(dids)} repositor{'y' if len(dids) == 1 else 'ies'}"
@@ -103,8 +103,8 @@ def serve_cmd(paths: tuple[str, ...], host: str, port: int, header_timeout: floa
 
 # -- download ----------------------------------------------------------------------------------
 
-MAX_CAR_SIZE = 16 << 30  # pypds.downloader.MAX_CAR_BYTES, without importing it
-MIN_RATE = 4096  # pypds.xrpc.MIN_RATE, without importing it
+MAX_CAR_SIZE = 16 << 30  # pypds.net.downloader.MAX_CAR_BYTES, without importing it
+MIN_RATE = 4096  # pypds.net.xrpc.MIN_RATE, without importing it
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -229,8 +229,8 @@ def download_cmd(
       pypds download alice.test -o ./alice --plc-url http://127.0.0.1:2582 \\
           --dns 127.0.0.1:5353 --web-base http://127.0.0.1:8080 --allow-private-network
     """
-    from ..downloader import download
-    from ..identity import ResolverConfig
+    from ..net.downloader import download
+    from ..net.identity import ResolverConfig
 
     config = ResolverConfig(
         plc_url=_http_url(plc_url, "--plc-url") or DEFAULT_PLC_URL,
@@ -389,7 +389,7 @@ def push_cmd(
       pypds push ./alice --pds http://127.0.0.1:2583 --create-account \\
           --handle alice.test --email alice@example.com
     """
-    from ..pusher import NewAccount, push
+    from ..net.pusher import NewAccount, push
 
     _check_push_options(password, create_account, handle, email, identifier)
     if not (Path(path) / "pds.db").is_file():

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import click
 
-from .. import cbor
-from ..atjson import to_json
-from ..cid import CID
+from ..codec import cbor
+from ..codec.atjson import to_json
+from ..codec.cid import CID
 from ..errors import BadSignature, MissingBlock, RecordNotFound
 from ..keys import PublicKey
 from ..mst import Node, RecordChange, TreeWalk, decode_node, diff_trees, key_height, walk_tree
-from ..repo import Repo
-from ..verify import VerifyReport, verify_car
+from ..repo.repo import Repo
+from ..sync.verify import VerifyReport, verify_car
 from ._common import (
     DID_TYPE,
     DIDKEY_TYPE,

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
-from ..atjson import from_json
-from ..cid import CID
+from ..codec.atjson import from_json
+from ..codec.cid import CID
 from ..errors import NotFound
 from ..keys import PublicKey, generate_signing_key
-from ..repo import Repo
+from ..repo.repo import Repo
 from ._common import (
     CID_TYPE,
     DID_TYPE,

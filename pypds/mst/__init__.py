@@ -50,7 +50,7 @@ from .diff import RecordChange, diff_trees
 from .edit import delete, put
 from .node import Link, Node, NodeSource, decode_node, empty_node, encode_node, key_height
 from .tree import MST, iter_range, iter_stored_stream_order, iter_stream_order, lookup
-from .verify import TreeWalk, walk_tree
+from .walk import TreeWalk, walk_tree
 
 __all__ = [
     "Link",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Sequence
 
-from ..cid import CID
+from ..codec.cid import CID
 from .node import Node, empty_node, key_height
 
 

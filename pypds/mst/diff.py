@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..cid import CID
+from ..codec.cid import CID
 from .node import Link, Node, NodeSource, key_height, resolve
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
-from ..cid import CID
+from ..codec.cid import CID
 from ..errors import RecordNotFound
 from .node import Link, Node, NodeSource, empty_node, key_height, resolve
 

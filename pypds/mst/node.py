@@ -7,7 +7,7 @@ from typing import Protocol, Union
 
 import cbrrr
 
-from ..cid import CID, DAG_CBOR_PREFIX, RAW_PREFIX
+from ..codec.cid import CID, DAG_CBOR_PREFIX, RAW_PREFIX
 from ..errors import InvalidCbor, InvalidMst, LimitExceeded, shown
 from ..limits import DEFAULT_LIMITS, Limits
 

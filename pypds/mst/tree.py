@@ -5,7 +5,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
-from ..cid import CID
+from ..codec.cid import CID
 from ..errors import MissingBlock
 from .node import Link, Node, NodeSource, decode_links, link_cid, resolve
 
@@ -108,7 +108,7 @@ def iter_stream_order(
     each node before its children; within a node the left subtree first,
     then each entry's record followed by that entry's right subtree (so
     records come in key order). Iterative; no structural checks (use
-    :func:`~pypds.mst.verify.walk_tree` for untrusted blocks).
+    :func:`~pypds.mst.walk.walk_tree` for untrusted blocks).
 
     With ``keep``, a record or node whose CID fails ``keep(cid)`` is left
     out, and so is everything below such a node.

@@ -37,13 +37,13 @@ import cbrrr
 import pytest
 
 from pypds import CID, Outcome, Repo, ResolverConfig, from_json, generate_signing_key, to_json, verify_car, verify_proof
-from pypds import cbor as pcbor
-from pypds.cid import cid_for_raw, link_from_bytes
 from pypds.cli import main
 from pypds.cli.app import cli
-from pypds.firehose import verify_commit_message
-from pypds.identity import resolve
-from pypds.server import make_app
+from pypds.codec import cbor as pcbor
+from pypds.codec.cid import cid_for_raw, link_from_bytes
+from pypds.net.identity import resolve
+from pypds.net.server import make_app
+from pypds.sync.firehose import verify_commit_message
 from pypds.tid import encode_tid
 
 from ..netstubs import ServerThread

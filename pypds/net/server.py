@@ -36,7 +36,7 @@ Tricky bits:
 * No byte of a blob is sent before it is checked: the whole file is hashed
   against its CID first (a segment per step), then read again and each
   segment sent only if it still has the digest it had
-  (:class:`~pypds.blobs.BlobFile`). Blob files are opened without following
+  (:class:`~pypds.storage.blobs.BlobFile`). Blob files are opened without following
   links or blocking, and only regular files are read, so a link or FIFO
   planted in ``blobs/`` answers ``500`` at once.
 * Once a streamed response has started, an error can no longer become an
@@ -67,12 +67,12 @@ from typing import Any, NamedTuple
 
 from aiohttp import web
 
-from .blobs import BlobFile, BlobStore
-from .car import CarWriter
-from .cid import CID, RAW_PREFIX, parse_cid
-from .errors import BlockHashMismatch, IntegrityError, InvalidInput, LimitExceeded, PypdsError, shown
-from .repo import Repo
-from .syntax import is_valid_did, is_valid_nsid, is_valid_record_key, is_valid_tid
+from ..car.writer import CarWriter
+from ..codec.cid import CID, RAW_PREFIX, parse_cid
+from ..errors import BlockHashMismatch, IntegrityError, InvalidInput, LimitExceeded, PypdsError, shown
+from ..repo.repo import Repo
+from ..storage.blobs import BlobFile, BlobStore
+from ..syntax import is_valid_did, is_valid_nsid, is_valid_record_key, is_valid_tid
 from .xrpc import (
     BLOB_NOT_FOUND,
     BLOCK_NOT_FOUND,
@@ -85,7 +85,7 @@ from .xrpc import (
 
 __all__ = ["DEFAULT_PORT", "RunningServer", "make_app", "serve", "start_server"]
 
-log = logging.getLogger("pypds.server")
+log = logging.getLogger("pypds.net.server")
 
 #: The port a PDS conventionally listens on.
 DEFAULT_PORT = 2583

@@ -16,18 +16,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .atjson import from_json
-from .car import CarReader
-from .cid import CID
-from .commit import Commit, decode_commit
-from .errors import InvalidCommitMessage, MissingBlock, PypdsError, RecordNotFound, shown
-from .keys import PublicKey, SigningKey, load_public_key
-from .limits import DEFAULT_LIMITS, Limits
-from .mst.edit import delete_untrimmed, put
-from .mst.node import Link, Node, decode_node, empty_node, key_height, resolve
-from .mst.tree import iter_range, lookup
+from ..car.reader import CarReader
+from ..codec.atjson import from_json
+from ..codec.cid import CID
+from ..commit import Commit, decode_commit
+from ..errors import InvalidCommitMessage, MissingBlock, PypdsError, RecordNotFound, shown
+from ..keys import PublicKey, SigningKey, load_public_key
+from ..limits import DEFAULT_LIMITS, Limits
+from ..mst.edit import delete_untrimmed, put
+from ..mst.node import Link, Node, decode_node, empty_node, key_height, resolve
+from ..mst.tree import iter_range, lookup
+from ..syntax import split_repo_path
 from .proof import proof_path
-from .syntax import split_repo_path
 
 __all__ = ["covering_proof", "verify_commit_message", "VerifiedCommit"]
 

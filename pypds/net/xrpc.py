@@ -5,7 +5,7 @@ name); the answer is JSON or, for the sync methods that return repository
 data, a CAR (``application/vnd.ipld.car``) or a blob's bytes. A failure is a
 non-2xx status with the JSON body ``{"error": "<Name>", "message": "..."}``.
 
-What the reference implementation answers, and :mod:`pypds.server` mirrors:
+What the reference implementation answers, and :mod:`pypds.net.server` mirrors:
 ``400`` with ``InvalidRequest`` for a bad or missing parameter, ``400`` with
 the method's lexicon error name (``RepoNotFound``, ``BlobNotFound``,
 ``BlockNotFound``) when the thing asked for does not exist, ``501``
@@ -52,8 +52,8 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from . import __version__
-from .errors import (
+from .. import __version__
+from ..errors import (
     AddressRefused,
     DeadlineExceeded,
     InvalidInput,

@@ -24,15 +24,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple, TypeVar
 
-from . import cbor
-from .batch import Batch, WriteOp
-from .blobs import BlobRef, BlobStore, RecordsMoved, ReferencedBlobs, blob_refs, record_blob_names
-from .blockstore import BlockStore
-from .car import CarSource, CarWriter, write_car_file
-from .car_import import StreamedCar
-from .cid import CID, parse_cid
-from .commit import Commit, decode_commit, rev_is_newer, rev_key, sign_commit
-from .errors import (
+from ..car.reader import CarSource
+from ..car.stream import StreamedCar
+from ..car.writer import CarWriter, write_car_file
+from ..codec import cbor
+from ..codec.cid import CID, parse_cid
+from ..commit import Commit, decode_commit, rev_is_newer, rev_key, sign_commit
+from ..errors import (
     BadSignature,
     BlockHashMismatch,
     DidMismatch,
@@ -47,10 +45,9 @@ from .errors import (
     SigningKeyRequired,
     shown,
 )
-from .firehose import covering_proof
-from .keys import PublicKey, SigningKey, generate_signing_key, load_public_key, load_signing_key
-from .limits import DEFAULT_LIMITS, Limits
-from .mst import (
+from ..keys import PublicKey, SigningKey, generate_signing_key, load_public_key, load_signing_key
+from ..limits import DEFAULT_LIMITS, Limits
+from ..mst import (
     MST,
     Link,
     Node,
@@ -62,16 +59,20 @@ from .mst import (
     iter_stored_stream_order,
     key_height,
 )
-from .mst import delete as mst_delete
-from .mst import put as mst_put
-from .mst.cache import NodeCache
-from .mst.verify import walk_tree
-from .proof import proof_path
-from .record_cache import CachedRecord, RecordCache
-from .store import SqliteError, Store, storage_error
-from .syntax import check_collection, check_did, check_record_key, check_tid, repo_path
-from .tid import TidClock
-from .verify import VerifyReport, check_blob_files, check_index, verify_tree
+from ..mst import delete as mst_delete
+from ..mst import put as mst_put
+from ..mst.nodestore import NodeCache
+from ..mst.walk import walk_tree
+from ..storage.blobs import BlobRef, BlobStore, RecordsMoved, ReferencedBlobs, blob_refs, record_blob_names
+from ..storage.record_cache import CachedRecord, RecordCache
+from ..storage.store import SqliteError, Store, storage_error
+from ..sync.firehose import covering_proof
+from ..sync.proof import proof_path
+from ..sync.verify import VerifyReport, check_blob_files, check_index, verify_tree
+from ..syntax import check_collection, check_did, check_record_key, check_tid, repo_path
+from ..tid import TidClock
+from .batch import Batch, WriteOp
+from .blockstore import BlockStore
 
 __all__ = ["Repo", "Batch", "BlockStore", "GcReport"]
 

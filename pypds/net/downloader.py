@@ -3,7 +3,7 @@
 The documented way to back up an atproto account, as one call
 (:func:`download`) or one command (``pypds download``):
 
-1. Resolve the handle or DID (:mod:`pypds.identity`): the PDS URL and the
+1. Resolve the handle or DID (:mod:`pypds.net.identity`): the PDS URL and the
    signing key come from the DID document.
 2. ``com.atproto.sync.getRepo`` streams the CAR to a temporary file beside
    the target (bounded memory, a size cap), then it is verified and
@@ -36,8 +36,8 @@ Tricky bits:
 * Bounded in every direction: CAR bytes (``max_car_bytes``), blob bytes
   (``max_blob_bytes``, never held in memory), listBlobs pages and CIDs
   (relative to the blobs the records reference), the slowest transfer
-  rate and an optional overall deadline (:class:`~pypds.xrpc.Pace`), and
-  where connections go (:class:`~pypds.xrpc.AddressPolicy`: a PDS at a
+  rate and an optional overall deadline (:class:`~pypds.net.xrpc.Pace`), and
+  where connections go (:class:`~pypds.net.xrpc.AddressPolicy`: a PDS at a
   non-public address needs ``allow_private_network``).
 * Retries (``retries``, exponential ``backoff``) cover what can succeed
   later: no connection, timeouts, too slow transfers, 5xx and 429. A 4xx
@@ -62,11 +62,10 @@ from typing import Any
 
 import aiohttp
 
-from .blobs import MAX_BLOB_BYTES, BlobStore  # the largest blob stored is the largest accepted
-from .car import CarReader
-from .cid import CID, RAW_PREFIX, parse_cid
-from .commit import decode_commit, rev_is_newer
-from .errors import (
+from ..car.reader import CarReader
+from ..codec.cid import CID, RAW_PREFIX, parse_cid
+from ..commit import decode_commit, rev_is_newer
+from ..errors import (
     DeadlineExceeded,
     DidMismatch,
     InvalidCid,
@@ -79,12 +78,13 @@ from .errors import (
     RollbackRefused,
     shown,
 )
-from .files import TEMP_PREFIX
+from ..filesystem import TEMP_PREFIX
+from ..limits import DEFAULT_LIMITS, Limits
+from ..repo.repo import Repo
+from ..storage.blobs import MAX_BLOB_BYTES, BlobStore  # the largest blob stored is the largest accepted
+from ..storage.store import DB_NAME, is_unfinished_create
+from ..syntax import is_valid_tid
 from .identity import Identity, ResolverConfig, resolve_async
-from .limits import DEFAULT_LIMITS, Limits
-from .repo import Repo
-from .store import DB_NAME, is_unfinished_create
-from .syntax import is_valid_tid
 from .xrpc import MIN_RATE, RATE_WINDOW, Pace, XrpcClient, iter_body, new_session
 
 try:
@@ -255,7 +255,7 @@ async def download_async(
 
     Reuses ``session`` when given: its connector then decides where host
     names connect (the address policy checks only IP literals); a session
-    from :func:`pypds.xrpc.new_session` with ``config.address_policy()``
+    from :func:`pypds.net.xrpc.new_session` with ``config.address_policy()``
     checks resolved addresses too.
     """
     if concurrency < 1:

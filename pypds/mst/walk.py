@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ..cid import CID
+from ..codec.cid import CID
 from ..errors import InvalidMst, InvalidRepoPath, LimitExceeded, MissingBlock, shown
 from ..limits import DEFAULT_LIMITS, Limits
 from ..syntax import split_repo_path

@@ -1,7 +1,7 @@
 """Reading and checking a repository CAR in one streaming pass.
 
 :class:`StreamedCar` reads a CAR section by section (every block
-hash-checked by :class:`~pypds.car.CarReader`, bounded by
+hash-checked by :class:`~pypds.car.reader.CarReader`, bounded by
 :mod:`pypds.limits`) and hands blocks to the tree walk on demand: asking for
 a block reads forward until it arrives. A CAR in the stream-friendly order
 (each MST node before its children, records in key order: what pypds and
@@ -34,13 +34,13 @@ from typing import NamedTuple
 
 import apsw
 
-from . import cbor
-from .car import CarReader, CarSource
-from .cid import CID, is_dag_cbor
-from .commit import Commit, decode_commit
-from .errors import InvalidCbor, InvalidMst, InvalidRecord, LimitExceeded, MissingBlock, PartialTree, shown
-from .limits import Limits
-from .mst.verify import TreeWalk, walk_tree
+from ..codec import cbor
+from ..codec.cid import CID, is_dag_cbor
+from ..commit import Commit, decode_commit
+from ..errors import InvalidCbor, InvalidMst, InvalidRecord, LimitExceeded, MissingBlock, PartialTree, shown
+from ..limits import Limits
+from ..mst.walk import TreeWalk, walk_tree
+from .reader import CarReader, CarSource
 
 __all__ = ["StreamedCar", "TreeBlock", "Spill", "check_record", "partial_tree"]
 

@@ -46,8 +46,8 @@ from pathlib import Path
 
 import apsw
 
-from .cid import CID, check_cid_bytes
-from .errors import (
+from ..codec.cid import CID, check_cid_bytes
+from ..errors import (
     DiskFull,
     InvalidCid,
     InvalidInput,
@@ -60,7 +60,7 @@ from .errors import (
     StoreDamaged,
     shown,
 )
-from .files import PRIVATE_FILE_MODE, create_private_file, disk_full_as_error, make_private_dirs
+from ..filesystem import PRIVATE_FILE_MODE, create_private_file, disk_full_as_error, make_private_dirs
 
 __all__ = ["Store", "SCHEMA_VERSION", "DB_NAME", "SqliteError", "storage_error"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..cid import CID
+from ..codec.cid import CID
 from ..errors import MissingBlock
 from ..limits import DEFAULT_LIMITS, Limits
 from .node import Node, decode_node

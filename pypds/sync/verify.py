@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import zip_longest
 
-from .blobs import BlobStore
-from .car import CarSource
-from .car_import import StreamedCar, check_record, partial_tree
-from .cid import CID
-from .commit import Commit, decode_commit
-from .errors import (
+from ..car.reader import CarSource
+from ..car.stream import StreamedCar, check_record, partial_tree
+from ..codec.cid import CID
+from ..commit import Commit, decode_commit
+from ..errors import (
     BlockHashMismatch,
     CarFormatError,
     IntegrityError,
@@ -36,9 +35,10 @@ from .errors import (
     PypdsError,
     shown,
 )
-from .keys import PublicKey, SigningKey, load_public_key
-from .limits import DEFAULT_LIMITS, Limits
-from .mst.verify import TreeWalk, walk_tree
+from ..keys import PublicKey, SigningKey, load_public_key
+from ..limits import DEFAULT_LIMITS, Limits
+from ..mst.walk import TreeWalk, walk_tree
+from ..storage.blobs import BlobStore
 
 __all__ = ["Outcome", "Check", "VerifyReport", "verify_car", "verify_tree"]
 
@@ -159,7 +159,7 @@ def verify_car(
 ) -> VerifyReport:
     """Verify a full repository CAR without storing anything.
 
-    The CAR is read in one streaming pass (see :class:`~pypds.car_import.StreamedCar`),
+    The CAR is read in one streaming pass (see :class:`~pypds.car.stream.StreamedCar`),
     with bounded memory whatever its size or block order.
     """
     order = ["car-framing", "block-hashes", "cid-form", "commit", "did", "signature", *_TREE_CHECKS]

@@ -11,13 +11,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from . import cbor
-from .cid import CID, cid_for_cbor, parse_cid, verify_block
-from .store import SqliteError, storage_error
+from ..codec import cbor
+from ..codec.cid import CID, cid_for_cbor, parse_cid, verify_block
+from ..storage.store import SqliteError, storage_error
 
 if TYPE_CHECKING:
+    from ..storage.store import Store
     from .repo import Repo
-    from .store import Store
 
 
 class BlockStore:

@@ -21,10 +21,10 @@ import binascii
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import InvalidRecord, LimitExceeded, shown
+from ..limits import DEFAULT_LIMITS, Limits
 from .cbor import check_data_model
 from .cid import CID, is_well_formed_cid
-from .errors import InvalidRecord, LimitExceeded, shown
-from .limits import DEFAULT_LIMITS, Limits
 
 __all__ = ["to_json", "from_json"]
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 
-from . import cbor
-from .cid import CID, DAG_CBOR_PREFIX
-from .errors import InvalidCbor, InvalidRecord
-from .limits import Limits
-from .syntax import repo_path
+from ..codec import cbor
+from ..codec.cid import CID, DAG_CBOR_PREFIX
+from ..errors import InvalidCbor, InvalidRecord
+from ..limits import Limits
+from ..syntax import repo_path
 
 # One pending write, ``(key, cid, data)``: the repo path (UTF-8), the raw CID
 # bytes and the block of the record for a put; ``(key, None, None)`` for a

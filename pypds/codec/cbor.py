@@ -22,9 +22,9 @@ from typing import Any
 
 import cbrrr
 
+from ..errors import InvalidCbor, InvalidRecord, LimitExceeded, shown
+from ..limits import DEFAULT_LIMITS, Limits
 from .cid import CID, is_well_formed_cid, link_from_bytes
-from .errors import InvalidCbor, InvalidRecord, LimitExceeded, shown
-from .limits import DEFAULT_LIMITS, Limits
 
 __all__ = [
     "encode",

@@ -8,7 +8,7 @@ One call (:func:`push`) or one command (``pypds push PATH --pds URL``):
    password) through ``com.atproto.server.createSession``. A new account for
    the repository's DID is made with ``com.atproto.server.createAccount``
    (``did``, ``handle``, ``email``), authorised by a service-auth JWT
-   (:mod:`pypds.service_auth`) that the repository's signing key signs for
+   (:mod:`pypds.net.service_auth`) that the repository's signing key signs for
    the PDS's DID (``describeServer``): the PDS checks it against the key in
    the DID's document, so that document must name this key. Such an account
    starts deactivated, as in any migration.
@@ -46,10 +46,8 @@ from typing import Any, BinaryIO
 
 import aiohttp
 
-from .blobs import blob_mime_types
-from .cid import CID, cid_for_raw, parse_cid
-from .downloader import LIST_BLOBS_PAGE, BlobFailure
-from .errors import (
+from ..codec.cid import CID, cid_for_raw, parse_cid
+from ..errors import (
     BlockHashMismatch,
     DidMismatch,
     InvalidInput,
@@ -60,11 +58,13 @@ from .errors import (
     SigningKeyRequired,
     shown,
 )
-from .files import TEMP_PREFIX
-from .keys import SigningKey, load_signing_key
-from .repo import Repo
+from ..filesystem import TEMP_PREFIX
+from ..keys import SigningKey, load_signing_key
+from ..repo.repo import Repo
+from ..storage.blobs import blob_mime_types
+from ..syntax import is_valid_did, split_repo_path
+from .downloader import LIST_BLOBS_PAGE, BlobFailure
 from .service_auth import service_auth_token
-from .syntax import is_valid_did, split_repo_path
 from .xrpc import CAR_MIME, XrpcClient, new_session
 
 __all__ = ["NewAccount", "PushReport", "push", "push_async"]

@@ -34,7 +34,7 @@ Tricky bits:
 * Addresses learned from the network (did:web and handle hosts, redirects,
   the addresses host names resolve to) must be public unless
   ``allow_private_network`` is set: a hostile document must not turn a
-  lookup into a request to the local network (:class:`~pypds.xrpc.AddressPolicy`).
+  lookup into a request to the local network (:class:`~pypds.net.xrpc.AddressPolicy`).
   The ``plc_url`` and a fixed ``web_base`` are the user's choice and trusted.
   Redirects (at most 5) are followed here, each hop checked.
 """
@@ -58,9 +58,17 @@ import dns.resolver
 from multiformats import multibase
 from yarl import URL
 
-from .errors import HandleMismatch, InvalidDid, InvalidHandle, InvalidInput, NetworkError, ResolveError, shown
-from .keys import PublicKey, parse_did_key
-from .syntax import check_did, is_valid_did
+from ..errors import (
+    HandleMismatch,
+    InvalidDid,
+    InvalidHandle,
+    InvalidInput,
+    NetworkError,
+    ResolveError,
+    shown,
+)
+from ..keys import PublicKey, parse_did_key
+from ..syntax import check_did, is_valid_did
 from .xrpc import AddressPolicy, json_object, new_session, read_capped, small_answer_timeout
 
 __all__ = [

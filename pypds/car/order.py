@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .car import CarReader, CarSource
-from .cid import CID
-from .commit import decode_commit
-from .errors import MissingBlock
-from .limits import DEFAULT_LIMITS, Limits
-from .mst.node import Node, decode_node
-from .mst.tree import iter_stream_order
+from ..codec.cid import CID
+from ..commit import decode_commit
+from ..errors import MissingBlock
+from ..limits import DEFAULT_LIMITS, Limits
+from ..mst.node import Node, decode_node
+from ..mst.tree import iter_stream_order
+from .reader import CarReader, CarSource
 
 __all__ = ["CarOrder", "check_car_order"]
 

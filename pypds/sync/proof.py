@@ -13,14 +13,14 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
-from .car import CarReader, CarSource
-from .cid import CID
-from .commit import decode_commit
-from .errors import DidMismatch, MissingBlock
-from .keys import PublicKey, SigningKey, load_public_key
-from .limits import DEFAULT_LIMITS, Limits
-from .mst.node import Node, NodeSource, decode_node, resolve
-from .syntax import repo_path
+from ..car.reader import CarReader, CarSource
+from ..codec.cid import CID
+from ..commit import decode_commit
+from ..errors import DidMismatch, MissingBlock
+from ..keys import PublicKey, SigningKey, load_public_key
+from ..limits import DEFAULT_LIMITS, Limits
+from ..mst.node import Node, NodeSource, decode_node, resolve
+from ..syntax import repo_path
 
 __all__ = ["proof_path", "verify_proof"]
 

@@ -23,9 +23,9 @@ import json
 import secrets
 import time
 
-from .errors import InvalidInput, shown
-from .keys import SigningKey
-from .syntax import check_did, is_valid_nsid
+from ..errors import InvalidInput, shown
+from ..keys import SigningKey
+from ..syntax import check_did, is_valid_nsid
 
 __all__ = ["JWT_ALGORITHMS", "service_auth_token"]
 

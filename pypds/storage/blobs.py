@@ -52,11 +52,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cbor
-from .cid import CID, RAW_PREFIX, cid_for_raw
-from .errors import BlockHashMismatch, IntegrityError, InvalidCid, InvalidInput, LimitExceeded, MissingBlock
-from .files import PRIVATE_DIR_MODE, TEMP_PREFIX, atomic_file, create_private_file, disk_full_as_error, fsync_dir
-from .mst import Node, NodeSource, diff_trees, iter_range
+from ..codec import cbor
+from ..codec.cid import CID, RAW_PREFIX, cid_for_raw
+from ..errors import BlockHashMismatch, IntegrityError, InvalidCid, InvalidInput, LimitExceeded, MissingBlock
+from ..filesystem import (
+    PRIVATE_DIR_MODE,
+    TEMP_PREFIX,
+    atomic_file,
+    create_private_file,
+    disk_full_as_error,
+    fsync_dir,
+)
+from ..mst import Node, NodeSource, diff_trees, iter_range
 
 __all__ = [
     "MAX_BLOB_BYTES",

@@ -1,4 +1,4 @@
-"""CAR v1: a streaming reader that verifies every block, and a streaming writer.
+"""CAR v1: a streaming reader that verifies every block (the writer is :mod:`pypds.car.writer`).
 
 Layout: ``varint(len(header)) header`` where the header is the DAG-CBOR map
 ``{"roots": [CID, ...], "version": 1}``, then sections
@@ -21,29 +21,16 @@ from typing import BinaryIO
 
 import cbrrr
 
-from .cid import CID, DAG_CBOR_PREFIX, RAW_PREFIX, check_cid_bytes
-from .errors import BlockHashMismatch, CarFormatError, LimitExceeded, shown
-from .files import atomic_file
-from .limits import DEFAULT_LIMITS, Limits
+from ..codec.cid import CID, DAG_CBOR_PREFIX, RAW_PREFIX, check_cid_bytes
+from ..errors import BlockHashMismatch, CarFormatError, LimitExceeded, shown
+from ..limits import DEFAULT_LIMITS, Limits
 
-__all__ = ["CarSource", "CarReader", "CarWriter", "encode_varint", "open_car_source"]
+__all__ = ["CarSource", "CarReader", "open_car_source"]
 
 CarSource = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO
 
 _CHUNK = 1 << 20
 _MAX_VARINT_BYTES = 9  # enough for any length below 2**63
-
-
-def encode_varint(value: int) -> bytes:
-    """Unsigned LEB128 encoding of ``value``."""
-    if value < 0x4000:  # every section under 16 KiB: one or two bytes
-        return bytes((value,)) if value < 0x80 else bytes(((value & 0x7F) | 0x80, value >> 7))
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 class _Input:
@@ -204,24 +191,3 @@ class CarReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class CarWriter:
-    """Write a CAR v1 stream: the header at construction, then blocks."""
-
-    def __init__(self, stream: BinaryIO, roots: list[CID]) -> None:
-        self._stream = stream
-        header = cbrrr.encode_dag_cbor({"roots": roots, "version": 1})
-        stream.write(encode_varint(len(header)) + header)
-
-    def write_block(self, cid: CID, data: bytes) -> None:
-        raw = cid.cid_bytes
-        self._stream.write(encode_varint(len(raw) + len(data)) + raw + data)
-
-
-def write_car_file(path: str | os.PathLike, roots: list[CID], blocks: Iterator[tuple[CID, bytes]]) -> None:
-    """Write a CAR to ``path`` atomically (temporary file, fsync, rename)."""
-    with atomic_file(path) as stream:
-        writer = CarWriter(stream, roots)
-        for cid, data in blocks:
-            writer.write_block(cid, data)

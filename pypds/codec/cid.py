@@ -20,7 +20,7 @@ import hashlib
 
 from cbrrr import CID
 
-from .errors import BlockHashMismatch, InvalidCid, shown
+from ..errors import BlockHashMismatch, InvalidCid, shown
 
 __all__ = [
     "CID",
