@@ -29,9 +29,9 @@ from pathlib import Path
 import pytest
 
 from pypds import CID, InvalidInput, Repo, cid_for_cbor, cid_for_raw, verify_proof
-from pypds.storage import blobs as blobs_module
 from pypds.car.reader import CarReader
 from pypds.net.server import SHUTDOWN_TIMEOUT, make_app, start_server
+from pypds.storage import blobs as blobs_module
 from pypds.storage.blobs import SEGMENT_BYTES, BlobFile, BlobStore
 
 from .conftest import DID, POST, post, read_uvarint
