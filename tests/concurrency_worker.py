@@ -114,7 +114,7 @@ def perform(repo: Repo, writer: int, kind: str, ops: list[tuple], *, own_handle:
         _, collection, rkey, record = ops[0]
         cid = repo.put(collection, rkey, record)
         if own_handle:
-            commit = repo._head  # put() returns the record CID, not the commit's
+            commit = repo._state.head  # put() returns the record CID, not the commit's
         done.append([f"{collection}/{rkey}", cid.encode()])
     else:
         with repo.batch() as b:

@@ -12,7 +12,7 @@ repository (so any damage accumulates):
 
    * ``opens``: ``Repo.open`` succeeds;
    * ``head_complete``: every MST node and record reachable from HEAD is
-     stored (``repo._check_complete``, a full iteration, ``repo.verify().ok``
+     stored (``repo._state.check_complete``, a full iteration, ``repo.verify().ok``
      when pypds has it, and a hash-checking walk);
    * ``head_not_lost``: HEAD is the last acknowledged commit, or the result of
      the operation that was in flight (a new commit with a higher rev whose
@@ -510,7 +510,7 @@ class _Harness:
             step = "head_complete"
             head, rev = repo.head.encode(), repo.rev
             tree = repo.checkout()
-            repo._check_complete(tree.root)
+            repo._state.check_complete(tree.root)
             sum(1 for _ in tree)
             walker = _TreeWalker(repo, self)
             walker.commit(head, model.key_for(head), "HEAD")
@@ -729,7 +729,7 @@ class _Harness:
 
     def check_integrity(self, repo: Repo, *, full: bool = False) -> None:
         pragma = "PRAGMA integrity_check" if full else "PRAGMA quick_check"
-        rows = [row[0] for row in repo._store_or_raise().conn.execute(pragma)]
+        rows = [row[0] for row in repo._state.store.conn.execute(pragma)]
         if rows != ["ok"]:
             raise _CheckError(f"{pragma}: {rows[:10]}")
 
@@ -768,7 +768,7 @@ class _Harness:
             for cid in self.rng.sample(known, min(30, len(known))):
                 tree = repo.checkout(cid)
                 sum(1 for _ in tree)
-                repo._check_complete(tree.root)
+                repo._state.check_complete(tree.root)
                 self.stats.api_checkouts += 1
             step = "final sweep: blobs"
             self.check_blobs(repo, list(model.blobs))

@@ -22,6 +22,7 @@ from pypds import (
     cid_for_cbor,
     cid_for_raw,
 )
+from pypds.repo import referenced_blobs as referenced_module
 from pypds.storage import blobs as blobs_module
 from pypds.storage.blobs import SEGMENT_BYTES, BlobStore
 
@@ -91,7 +92,7 @@ def test_a_hostile_blob_file_raises_at_once_without_reading_outside(repo, plante
 
 @pytest.mark.parametrize("planted", sorted(NOT_A_FILE), indirect=True)
 def test_a_blob_that_is_not_a_regular_file_is_neither_stored_nor_listed(repo, planted):
-    assert not repo._blobs.has(planted)
+    assert not repo._state.blobs.has(planted)
     assert repo.blob_referenced(planted)
     assert repo.list_blobs() == [] and repo.list_blobs(stored=True) == []
 
@@ -264,8 +265,8 @@ def test_a_new_head_costs_the_records_changed_not_all_of_them(repo, monkeypatch)
         for i in range(300):
             batch.put(POST, f"p{i:03d}", with_image(i, ref) if i % 3 == 0 else post(i))
     reads: list = []
-    counted = blobs_module.blob_names_in
-    monkeypatch.setattr(blobs_module, "blob_names_in", lambda cid, data: reads.append(cid) or counted(cid, data))
+    counted = referenced_module.blob_names_in
+    monkeypatch.setattr(referenced_module, "blob_names_in", lambda cid, data: reads.append(cid) or counted(cid, data))
     assert repo.list_blobs() == [ref.cid]
     assert len(reads) == 300
     reads.clear()
@@ -291,7 +292,7 @@ def test_a_count_from_the_index_falls_back_to_the_tree_when_head_moves_meanwhile
     ref = repo.put_blob(b"image", "image/png")
     repo.put(POST, "a", with_image(1, ref))
     reads: list = []
-    counted = blobs_module.blob_names_in
+    counted = referenced_module.blob_names_in
 
     def commit_elsewhere_first(cid, data):
         if not reads:
@@ -300,7 +301,7 @@ def test_a_count_from_the_index_falls_back_to_the_tree_when_head_moves_meanwhile
         reads.append(cid)
         return counted(cid, data)
 
-    monkeypatch.setattr(blobs_module, "blob_names_in", commit_elsewhere_first)
+    monkeypatch.setattr(referenced_module, "blob_names_in", commit_elsewhere_first)
     assert repo.list_blobs() == [ref.cid]  # the HEAD the call started at, counted by its tree
     assert len(reads) == 2  # once from the index (abandoned), once from the tree
     assert repo.list_blobs() == []  # the new HEAD
@@ -310,13 +311,13 @@ def test_counting_does_not_hold_the_handle(repo, monkeypatch):
     ref = repo.put_blob(b"image", "image/png")
     repo.put(POST, "a", with_image(1, ref))
     release = threading.Event()
-    counted = blobs_module.blob_names_in
+    counted = referenced_module.blob_names_in
 
     def slow(cid, data):
         release.wait(5)
         return counted(cid, data)
 
-    monkeypatch.setattr(blobs_module, "blob_names_in", slow)
+    monkeypatch.setattr(referenced_module, "blob_names_in", slow)
     counting = threading.Thread(target=repo.list_blobs)
     counting.start()
     time.sleep(0.1)
@@ -342,15 +343,15 @@ def test_list_blobs_arguments(repo):
 def test_a_failed_count_is_not_kept(repo, monkeypatch):
     ref = repo.put_blob(b"image", "image/png")
     repo.put(POST, "a", with_image(1, ref))
-    counted = blobs_module.blob_names_in
+    counted = referenced_module.blob_names_in
 
     def failing(cid, data):
         raise OSError("disk error")
 
-    monkeypatch.setattr(blobs_module, "blob_names_in", failing)
+    monkeypatch.setattr(referenced_module, "blob_names_in", failing)
     with pytest.raises(OSError):
         repo.list_blobs()
-    monkeypatch.setattr(blobs_module, "blob_names_in", counted)
+    monkeypatch.setattr(referenced_module, "blob_names_in", counted)
     assert repo.list_blobs() == [ref.cid]
 
 

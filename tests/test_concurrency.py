@@ -51,6 +51,7 @@ from pypds import (
 from pypds.car.stream import StreamedCar
 from pypds.limits import DEFAULT_LIMITS
 from pypds.mst import build_tree
+from pypds.repo import writer as repo_writer
 
 from . import concurrency_worker as worker
 from .concurrency_worker import DID, LIKE, POST, like_record, like_rkey, post_record, post_rkey, writer_plan
@@ -191,7 +192,7 @@ def diff(old: dict[bytes, CID], new: dict[bytes, CID]) -> dict[bytes, CID | None
 def check_final(repo: Repo, state: dict[bytes, CID]) -> None:
     """HEAD's tree is complete, holds exactly ``state``, and every record reads back."""
     tree = repo.checkout()
-    repo._check_complete(tree.root)
+    repo._state.check_complete(tree.root)
     assert {k.encode(): v for k, v in tree} == state
     assert tree.root == root_of(state)
     assert repo.commit().data == tree.root
@@ -513,22 +514,22 @@ def test_idle_handles_see_other_process_commits(repo_path, tmp_path):
 # -- regressions -------------------------------------------------------------------------------
 
 
-def test_commit_landing_right_after_ours_is_not_lost(repo_path, tmp_path):
+def test_commit_landing_right_after_ours_is_not_lost(repo_path, tmp_path, monkeypatch):
     path, repo = repo_path
     report = tmp_path / "writer.json"
     with Repo.open(path) as ours:
-        original = ours._committed
+        original = repo_writer.adopt
         others: list[dict] = []
 
-        def committed_then_descheduled(written):
+        def committed_then_descheduled(state, built):
             # Our COMMIT is done; before we get to read data_version, the OS runs
             # another process, which commits (as it may under any scheduler).
-            original(written)
+            original(state, built)
             if not others:
                 join_all([start(worker.run_writer, str(path), 6, 2, 0, None, str(report))])
                 others.extend(no_error(result(report))["writes"])
 
-        ours._committed = committed_then_descheduled
+        monkeypatch.setattr(repo_writer, "adopt", committed_then_descheduled)
         first = ours.put(POST, "ours-1", post_record(1, 1))
         second = ours.put(POST, "ours-2", post_record(1, 2))
     writes = [*others, {"ops": [[f"{POST}/ours-1", first.encode()]]}, {"ops": [[f"{POST}/ours-2", second.encode()]]}]

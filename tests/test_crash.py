@@ -171,7 +171,7 @@ def test_sigkill_at_fixed_points(tmp_path, point):
             assert repo.blob(cid_for_raw(data)) is None
         if point == "before-blob-dir-fsync":  # renamed but the directory not yet fsynced: complete or absent
             assert repo.blob(cid_for_raw(data)) in (None, data)
-        repo._check_complete(repo.checkout().root)
+        repo._state.check_complete(repo.checkout().root)
         if hasattr(repo, "verify"):
             assert repo.verify().ok
         for name in os.listdir(tmp_path / "repo" / "blobs") if (tmp_path / "repo" / "blobs").exists() else []:

@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pypds import cid_for_cbor
-from pypds.mst import RecordChange, build_tree, diff_trees
+from pypds.mst import build_tree, diff_trees
+from pypds.operation import RecordChange
 
 from .conftest import POST, post
 from .test_mst import EXAMPLE_KEYS, MemorySource

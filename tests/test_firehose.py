@@ -26,7 +26,8 @@ from pypds import (
 )
 from pypds.car.reader import CarReader
 from pypds.mst import build_tree, delete, put
-from pypds.sync.firehose import _PartialTree, _undo, covering_proof, verify_commit_message
+from pypds.operation import RecordChange
+from pypds.sync.firehose import _undo, covering_proof, proof_nodes, verify_commit_message
 
 from .conftest import DID, INTEROP, POST, REALWORLD, REFERENCE, load_json, post
 from .test_mst import MemorySource
@@ -71,10 +72,10 @@ def test_covering_proof_holds_the_fixture_blocks_and_inverts_in_every_order(case
     assert {CID.decode(c).cid_bytes for c in case["blocksInProof"]} <= proof
 
     blocks = {cid: source.blocks[cid] for cid in proof}
-    ops = [(k.encode(), "create", leaf, None) for k in case["adds"]]
-    ops += [(k.encode(), "delete", None, leaf) for k in case["dels"]]
+    ops = [RecordChange(k, "create", None, leaf) for k in case["adds"]]
+    ops += [RecordChange(k, "delete", leaf, None) for k in case["dels"]]
     for order in itertools.permutations(ops):
-        tree = _PartialTree(blocks, root.cid, source_limits())
+        tree = proof_nodes(blocks, root.cid, source_limits())
         assert _undo(tree, root.cid, list(order)).encode() == case["rootBeforeCommit"]
 
 

@@ -282,14 +282,14 @@ def _stored_tree(keys: list[bytes]) -> tuple[dict[bytes, bytes], CID]:
 @settings(max_examples=40, deadline=None)
 @given(st.sets(st.integers(0, 5000), min_size=0, max_size=300))
 def test_stored_stream_order_matches_the_node_walk(numbers):
-    from pypds.mst.nodestore import NodeCache
+    from pypds.mst.nodestore import NodeStore
     from pypds.mst.tree import iter_stored_stream_order, iter_stream_order
 
     blocks, root = _stored_tree([f"app.bsky.feed.post/k{n:05d}".encode() for n in numbers])
     get = lambda cid: blocks.get(cid.cid_bytes)  # noqa: E731
-    expected = [(cid, None if node is None else node.data) for cid, node in iter_stream_order(NodeCache(get), root)]
+    expected = [(cid, None if node is None else node.data) for cid, node in iter_stream_order(NodeStore(get), root)]
     assert list(iter_stored_stream_order(lambda cid: None, get, root)) == expected
-    cache = NodeCache(get)
+    cache = NodeStore(get)
     for cid, node in expected[: len(expected) // 2]:  # half the nodes already cached: same walk
         if node is not None:
             cache.load_node(cid)

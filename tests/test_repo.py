@@ -388,7 +388,7 @@ def test_set_head_refuses_non_commits_and_incomplete_trees(repo):
     repo.put(POST, "b", post(2))
     target = repo.head
     repo.set_head(before[0])
-    repo._store.conn.execute("DELETE FROM blocks WHERE cid = ?", (repo.find_cid(POST, "a").cid_bytes,))
+    repo._state.store.conn.execute("DELETE FROM blocks WHERE cid = ?", (repo.find_cid(POST, "a").cid_bytes,))
     # (deleting a block by hand simulates a damaged store)
     with pytest.raises(MissingBlock):
         repo.set_head(target)
@@ -599,21 +599,21 @@ def test_any_write_history_gives_the_root_of_the_final_record_set(tmp_path_facto
         items = sorted((f"{POST}/{k}".encode(), cid_for_cbor(dag_cbor.encode(v))) for k, v in present.items())
         assert repo.checkout().root == build_tree(items)[0].cid
         assert {k: repo.find(POST, k) for k in present} == present
-        repo._check_complete(repo.checkout().root)  # every node and record of HEAD is stored
+        repo._state.check_complete(repo.checkout().root)  # every node and record of HEAD is stored
 
 
 def test_writer_blocked_past_busy_timeout_gets_repo_busy(repo):
     from pypds import RepoBusy
 
     with Repo.open(repo.path, busy_timeout=0.2) as other:
-        repo._store.conn.execute("BEGIN IMMEDIATE")  # hold the write lock, as a long commit would
+        repo._state.store.conn.execute("BEGIN IMMEDIATE")  # hold the write lock, as a long commit would
         try:
             before = other.head
             with pytest.raises(RepoBusy, match="another writer"):
                 other.put(POST, "a", post(1))
             assert other.head == before  # reads are not blocked by a writer (WAL)
         finally:
-            repo._store.conn.execute("ROLLBACK")
+            repo._state.store.conn.execute("ROLLBACK")
         other.put(POST, "a", post(1))
 
 
@@ -643,7 +643,7 @@ def test_list_blobs_pages_in_cid_order(repo):
 
 
 def _index_matches_tree(repo):
-    index = list(repo._store.index_all())
+    index = list(repo._state.store.index_all())
     tree = [(k.encode(), v) for k, v in repo.checkout()]
     return index == tree
 
@@ -703,14 +703,14 @@ def test_iter_car_raises_before_streaming_when_commit_is_absent(repo):
 def _export_by_point_reads(repo) -> bytes:
     """The CAR built from the tree alone (no paths index): node blocks, then each record by its CID."""
     from pypds.car.writer import CarWriter
-    from pypds.mst.nodestore import NodeCache
+    from pypds.mst.nodestore import NodeStore
     from pypds.mst.tree import iter_stream_order
 
     out = io.BytesIO()
     writer = CarWriter(out, [repo.head])
     writer.write_block(repo.head, repo.blockstore.get(repo.head))
     seen = set()
-    for cid, node in iter_stream_order(NodeCache(repo.blockstore.get), repo.commit().data):
+    for cid, node in iter_stream_order(NodeStore(repo.blockstore.get), repo.commit().data):
         if node is None and cid.cid_bytes in seen:
             continue
         seen.add(cid.cid_bytes)
@@ -750,7 +750,7 @@ def test_version_3_store_gets_rowid_blocks_on_open(tmp_path):
             for i in range(200):
                 batch.put(POST, f"3kzfcijpj{i:04d}", post(i))
         repo.put_blob(b"blob bytes", "text/plain")
-        car, head, count = repo.export_car(), repo.head, repo._store.count_blocks()
+        car, head, count = repo.export_car(), repo.head, repo._state.store.count_blocks()
     conn = apsw.Connection(str(path / "pds.db"))
     conn.execute(
         "ALTER TABLE blocks RENAME TO blocks_v4;"
@@ -760,7 +760,7 @@ def test_version_3_store_gets_rowid_blocks_on_open(tmp_path):
     conn.close()
     with Repo.open(path) as repo:
         assert repo.head == head and repo.export_car() == car
-        assert repo._store.count_blocks() == count
+        assert repo._state.store.count_blocks() == count
         assert repo.verify().ok
         repo.put(POST, "3mzzzzzzzzz22", post(1))
     conn = apsw.Connection(str(path / "pds.db"))

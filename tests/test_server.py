@@ -31,7 +31,7 @@ import pytest
 from pypds import CID, InvalidInput, Repo, cid_for_cbor, cid_for_raw, verify_proof
 from pypds.car.reader import CarReader
 from pypds.net.server import SHUTDOWN_TIMEOUT, make_app, start_server
-from pypds.storage import blobs as blobs_module
+from pypds.repo import referenced_blobs as referenced_module
 from pypds.storage.blobs import SEGMENT_BYTES, BlobFile, BlobStore
 
 from .conftest import DID, POST, post, read_uvarint
@@ -333,13 +333,13 @@ def test_fifos_in_blobs_do_not_hold_the_worker_threads(tmp_path):
 def test_a_slow_first_count_of_referenced_blobs_holds_one_worker_thread(tmp_path, monkeypatch):
     cid = repo_with_blob(tmp_path / "r", b"image")
     release = threading.Event()
-    counted = blobs_module.blob_names_in
+    counted = referenced_module.blob_names_in
 
     def slow(record, data):
         release.wait(10)  # a repository with a million records
         return counted(record, data)
 
-    monkeypatch.setattr(blobs_module, "blob_names_in", slow)
+    monkeypatch.setattr(referenced_module, "blob_names_in", slow)
     with ServerThread(make_app([tmp_path / "r"])) as server, ThreadPoolExecutor(20) as pool:
         params = {"did": DID, "cid": cid.encode()}
         waiting = [pool.submit(call, server.url, SYNC + "getBlob", params) for _ in range(20)]

@@ -70,7 +70,7 @@ def test_checks_after_the_first_failure_are_not_run_in_report_order(filled):
 
 
 def test_a_tree_failure_keeps_the_report_order(filled):
-    conn = filled._store.conn
+    conn = filled._state.store.conn
     conn.execute("DELETE FROM blocks WHERE cid = ?", (filled.find_cid(POST, "r007").cid_bytes,))
     report = filled.verify()
     assert [c.name for c in report.checks] == REPO_CHECKS
@@ -80,7 +80,7 @@ def test_a_tree_failure_keeps_the_report_order(filled):
 
 
 def _corrupt_block(repo, cid):
-    conn = repo._store.conn
+    conn = repo._state.store.conn
     (data,) = conn.execute("SELECT data FROM blocks WHERE cid = ?", (cid.cid_bytes,)).fetchone()
     conn.execute("UPDATE blocks SET data = ? WHERE cid = ?", (data[:-1] + bytes([data[-1] ^ 1]), cid.cid_bytes))
 
@@ -102,7 +102,7 @@ def test_a_damaged_stored_mst_node_is_found(filled):
 
 def test_a_missing_stored_record_is_found(filled):
     cid = filled.find_cid(POST, "r011")
-    filled._store.conn.execute("DELETE FROM blocks WHERE cid = ?", (cid.cid_bytes,))
+    filled._state.store.conn.execute("DELETE FROM blocks WHERE cid = ?", (cid.cid_bytes,))
     report = filled.verify()
     assert [c.name for c in report.failures] == ["completeness"]
     assert cid.encode() in report.failures[0].detail
@@ -127,7 +127,7 @@ def test_verify_on_a_repo_imported_from_car(filled, tmp_path):
 
 
 def test_a_damaged_paths_index_is_found(filled):
-    conn = filled._store.conn
+    conn = filled._state.store.conn
     conn.execute("DELETE FROM paths WHERE path = ?", (f"{POST}/r005".encode(),))
     report = filled.verify()
     assert [c.name for c in report.failures] == ["index"]

@@ -15,7 +15,7 @@ from ..codec.cid import CID
 from ..commit import decode_commit
 from ..errors import MissingBlock
 from ..limits import DEFAULT_LIMITS, Limits
-from ..mst.node import Node, decode_node
+from ..mst.nodestore import NodeStore
 from ..mst.tree import iter_stream_order
 from .reader import CarReader, CarSource
 
@@ -29,18 +29,6 @@ class CarOrder:
     ok: bool
     detail: str
     blocks: int
-
-
-class _Blocks:
-    def __init__(self, blocks: dict[bytes, bytes], limits: Limits) -> None:
-        self.blocks = blocks
-        self.limits = limits
-
-    def load_node(self, cid: CID) -> Node:
-        data = self.blocks.get(cid.cid_bytes)
-        if data is None:
-            raise MissingBlock(f"MST node {cid.encode()} is not in the CAR", cid)
-        return decode_node(data, cid, self.limits)
 
 
 def check_car_order(source: CarSource, *, limits: Limits = DEFAULT_LIMITS) -> CarOrder:
@@ -64,7 +52,8 @@ def check_car_order(source: CarSource, *, limits: Limits = DEFAULT_LIMITS) -> Ca
     commit = decode_commit(commit_data, root)
     expected = [root.cid_bytes]
     seen = {root.cid_bytes}
-    for cid, _node in iter_stream_order(_Blocks(blocks, limits), commit.data):
+    nodes = NodeStore(lambda cid: blocks.get(cid.cid_bytes), limits, where="the CAR", cache_size=0)
+    for cid, _node in iter_stream_order(nodes, commit.data):
         if cid.cid_bytes not in seen:
             seen.add(cid.cid_bytes)
             expected.append(cid.cid_bytes)

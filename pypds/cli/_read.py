@@ -15,7 +15,9 @@ from ..codec.atjson import to_json
 from ..codec.cid import CID
 from ..errors import BadSignature, MissingBlock, RecordNotFound
 from ..keys import PublicKey
-from ..mst import Node, RecordChange, TreeWalk, decode_node, diff_trees, key_height, walk_tree
+from ..mst import TreeWalk, diff_trees, key_height, walk_tree
+from ..mst.nodestore import GetBlock, NodeStore
+from ..operation import RecordChange
 from ..repo.repo import Repo
 from ..sync.verify import VerifyReport, verify_car
 from ._common import (
@@ -300,13 +302,6 @@ def _print_inspect(info: dict) -> None:
 # -- mst ------------------------------------------------------------------------------
 
 
-def _load_node(repo: Repo, cid: CID) -> Node:
-    data = repo.blockstore.get(cid)
-    if data is None:
-        raise MissingBlock(f"MST node {cid.encode()} is missing", cid)
-    return decode_node(data, cid)
-
-
 @click.command("mst", short_help="Draw the MST, layer by layer.")
 @click.argument("src")
 @full_cids_option
@@ -336,10 +331,11 @@ def mst_cmd(src: str, full_cids: bool, as_json: bool, quiet: bool) -> None:
 def _mst_nodes(repo: Repo, root: CID) -> list[dict]:
     """Every node in pre-order as a dict: cid, layer, depth, parent, left link and entries."""
     out: list[dict] = []
+    source = NodeStore(repo.blockstore.get, where=str(repo.path), cache_size=0)
     stack: list[tuple[CID, int, int, str | None]] = [(root, -1, 0, None)]
     while stack:
         cid, layer, depth, parent = stack.pop()
-        node = _load_node(repo, cid)
+        node = source.load_node(cid)
         if layer < 0:
             layer = key_height(node.keys[0]) if node.keys else 0
         links = [link if type(link) is CID or link is None else link.cid for link in node.links]
@@ -468,18 +464,17 @@ def _write_json(path: Path, value: object) -> None:
 # -- diff -----------------------------------------------------------------------------
 
 
-class _Nodes:
-    """A node source reading from several repositories (the first that has the block)."""
+def _blocks_of(repos: list[Repo]) -> GetBlock:
+    """A block source reading from several repositories (the first that has the block)."""
 
-    def __init__(self, repos: list[Repo]) -> None:
-        self._repos = repos
-
-    def load_node(self, cid: CID) -> Node:
-        for repo in self._repos:
+    def get(cid: CID) -> bytes | None:
+        for repo in repos:
             data = repo.blockstore.get(cid)
             if data is not None:
-                return decode_node(data, cid)
-        raise MissingBlock(f"MST node {cid.encode()} is missing", cid)
+                return data
+        return None
+
+    return get
 
 
 @click.command("diff", short_help="Record changes between two repos or commits.")
@@ -530,7 +525,7 @@ def diff_cmd(
             # compared with diff_trees over a node source that reads from both. Each side is a
             # stored repository or a CAR fully verified on loading; diff_trees only loads the
             # subtrees whose CIDs differ.
-            source = _Nodes([left.repo, right.repo])
+            source = NodeStore(_blocks_of([left.repo, right.repo]))
             changes = list(diff_trees(source, left.repo.commit().data, right.repo.commit().data))
     _print_changes(changes, full_cids, as_json)
     return 1 if exit_code and changes else 0

@@ -46,7 +46,7 @@ the tree height (itself bounded by :data:`pypds.limits.MAX_MST_DEPTH`).
 """
 
 from .build import build_tree
-from .diff import RecordChange, diff_trees
+from .diff import diff_trees
 from .edit import delete, put
 from .node import Link, Node, NodeSource, decode_node, empty_node, encode_node, key_height
 from .tree import MST, iter_range, iter_stored_stream_order, iter_stream_order, lookup
@@ -57,7 +57,6 @@ __all__ = [
     "MST",
     "Node",
     "NodeSource",
-    "RecordChange",
     "TreeWalk",
     "build_tree",
     "decode_node",

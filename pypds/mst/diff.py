@@ -11,21 +11,10 @@ expanded into its entries, and leaves are merged by key. Iterative.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from ..codec.cid import CID
+from ..operation import Action, RecordChange
 from .node import Link, Node, NodeSource, key_height, resolve
-
-
-@dataclass(frozen=True)
-class RecordChange:
-    """One difference: ``action`` is "create", "update" or "delete"."""
-
-    path: str
-    action: str
-    old: CID | None
-    new: CID | None
-
 
 _LEAF, _TREE = 0, 1
 
@@ -96,7 +85,7 @@ def diff_trees(source: NodeSource, old_root: Link, new_root: Link) -> Iterator[R
     yield from _drain(new, "create")
 
 
-def _drain(stream: _Stream, action: str) -> Iterator[RecordChange]:
+def _drain(stream: _Stream, action: Action) -> Iterator[RecordChange]:
     while stream.items:
         item = stream.items[-1]
         if item[0] == _TREE:

@@ -13,17 +13,16 @@ or wide hostile tree cannot exhaust the Python stack.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from ..codec.cid import CID
-from ..errors import InvalidMst, InvalidRepoPath, LimitExceeded, MissingBlock, shown
+from ..errors import InvalidMst, InvalidRepoPath, LimitExceeded, shown
 from ..limits import DEFAULT_LIMITS, Limits
 from ..syntax import split_repo_path
-from .node import Node, decode_node, key_height
-
-GetBlock = Callable[[CID], "bytes | None"]
+from .node import Node, key_height
+from .nodestore import GetBlock, NodeStore
 
 
 @dataclass
@@ -58,6 +57,7 @@ def walk_tree(
     ``check_paths``. Record blocks are not fetched: the caller checks them.
     """
     stats = stats if stats is not None else TreeWalk()
+    nodes = NodeStore(get_block, limits, cache_size=0)
     seen: set[bytes] = set()
     # stack items: (cid, layer or -1 for root, low bound, high bound, parent)
     # or (cid, key) for a record
@@ -69,7 +69,10 @@ def walk_tree(
             yield WalkStep(item[0], None, item[1])
             continue
         cid, layer, low, high, parent = item
-        node = _load(get_block, cid, parent, limits, seen)
+        if cid.cid_bytes in seen:
+            raise InvalidMst(f"MST node {cid.encode()} is linked more than once")
+        seen.add(cid.cid_bytes)
+        node = nodes.load_node(cid, parent)
         layer = _check_layer(node, cid, layer, limits)
         if layer > stats.height:
             stats.height = layer
@@ -88,17 +91,6 @@ def walk_tree(
                 pending.append((links[i + 1], below, key, upper, cid))
         pending.reverse()
         stack.extend(pending)
-
-
-def _load(get_block: GetBlock, cid: CID, parent: CID | None, limits: Limits, seen: set[bytes]) -> Node:
-    if cid.cid_bytes in seen:
-        raise InvalidMst(f"MST node {cid.encode()} is linked more than once")
-    seen.add(cid.cid_bytes)
-    data = get_block(cid)
-    if data is None:
-        origin = f" (linked from {parent.encode()})" if parent is not None else " (the root)"
-        raise MissingBlock(f"missing MST node {cid.encode()}{origin}", cid)
-    return decode_node(data, cid, limits)
 
 
 def _check_layer(node: Node, cid: CID, layer: int, limits: Limits) -> int:

@@ -14,15 +14,8 @@ from ..codec import cbor
 from ..codec.cid import CID, DAG_CBOR_PREFIX
 from ..errors import InvalidCbor, InvalidRecord
 from ..limits import Limits
+from ..operation import WriteOp
 from ..syntax import repo_path
-
-# One pending write, ``(key, cid, data)``: the repo path (UTF-8), the raw CID
-# bytes and the block of the record for a put; ``(key, None, None)`` for a
-# delete. A plain tuple of bytes, on purpose: CPython stops tracking such a
-# tuple in its cyclic garbage collector (it cannot be part of a cycle), so a
-# batch of a million pending writes adds nothing to every collection pass
-# while it is filled. (A NamedTuple or slotted object would stay tracked.)
-WriteOp = tuple[bytes, bytes | None, bytes | None]
 
 
 class Batch:

@@ -17,7 +17,7 @@ from ..storage.store import SqliteError, storage_error
 
 if TYPE_CHECKING:
     from ..storage.store import Store
-    from .repo import Repo
+    from .state import RepoState
 
 
 class BlockStore:
@@ -29,16 +29,16 @@ class BlockStore:
 
     PAGE = 1000
 
-    def __init__(self, repo: Repo) -> None:
-        self._repo = repo
+    def __init__(self, state: RepoState) -> None:
+        self._state = state
 
     @contextmanager
     def _store(self) -> Iterator[Store]:
-        with self._repo._lock:
+        with self._state.lock:
             try:
-                yield self._repo._store_or_raise()
+                yield self._state.store
             except SqliteError as exc:
-                raise storage_error(exc, self._repo.path) from None
+                raise storage_error(exc, self._state.path) from None
 
     def get(self, cid: CID | str) -> bytes | None:
         """A block's bytes (checked against its CID), or None."""
@@ -50,7 +50,7 @@ class BlockStore:
         return data
 
     def _where(self) -> str:
-        return f"{self._repo.path} (the store is damaged)"
+        return f"{self._state.path} (the store is damaged)"
 
     def has(self, cid: CID | str) -> bool:
         """True if the block is stored."""
@@ -71,7 +71,7 @@ class BlockStore:
             cid = parse_cid(cid, allow_raw=False)
             verify_block(cid, data)
         with self._store() as store, store.transaction():
-            store.put_blocks([(cid, data)], self._repo._rev)
+            store.put_blocks([(cid, data)], self._state.rev)
         return cid
 
     def __iter__(self) -> Iterator[tuple[CID, bytes]]:

@@ -28,10 +28,8 @@ Tricky bits:
   if it still has the digest it had during the check: bytes that changed in
   between are never passed on, not even in part.
 * **Stored is not referenced.** A blob's file outlives the last record that
-  references it (until ``gc`` removes it). :class:`ReferencedBlobs` is the
-  set the records of one tree reference, moved from tree to tree by the
-  record diff, so asking again at a new HEAD costs what changed, not a read
-  of every record.
+  references it (until ``gc`` removes it); which blobs the records at HEAD
+  reference is :mod:`pypds.repo.referenced_blobs`'s business.
 * **Blobs from the network are never held whole**: :meth:`BlobStore.receive`
   writes one to a temporary file in its shard while hashing it, and renames
   it into place only if the bytes hash to the expected CID.
@@ -47,14 +45,13 @@ import secrets
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..codec import cbor
 from ..codec.cid import CID, RAW_PREFIX, cid_for_raw
-from ..errors import BlockHashMismatch, IntegrityError, InvalidCid, InvalidInput, LimitExceeded, MissingBlock
+from ..errors import BlockHashMismatch, IntegrityError, InvalidCid, InvalidInput, LimitExceeded
 from ..filesystem import (
     PRIVATE_DIR_MODE,
     TEMP_PREFIX,
@@ -63,7 +60,6 @@ from ..filesystem import (
     disk_full_as_error,
     fsync_dir,
 )
-from ..mst import Node, NodeSource, diff_trees, iter_range
 
 __all__ = [
     "MAX_BLOB_BYTES",
@@ -71,7 +67,6 @@ __all__ = [
     "BlobRef",
     "BlobStore",
     "IncomingBlob",
-    "ReferencedBlobs",
     "blob_mime_types",
     "blob_refs",
 ]
@@ -98,7 +93,6 @@ _FILE_KINDS = {
 }
 #: Bytes that any record holding a blob reference contains: the DAG-CBOR text "blob" (the
 #: ``$type`` of the typed form) or the key "mimeType" (of the legacy form).
-_BLOB_TYPE, _MIME_TYPE_KEY = b"\x64blob", b"\x68mimeType"
 
 
 @dataclass(frozen=True)
@@ -490,126 +484,6 @@ class BlobFile:
             raise BlockHashMismatch(
                 f"blob {self.cid.encode()} at {self.path}: file is corrupt ({length} bytes do not hash to its CID)"
             )
-
-
-def blob_names_in(record: CID, data: bytes | None) -> list[str]:
-    """CID strings of the blobs record block ``data`` (of CID ``record``, None if it is missing) references."""
-    if data is None:
-        raise MissingBlock(f"record block {record.encode()} is missing", record)
-    if _BLOB_TYPE not in data and _MIME_TYPE_KEY not in data:  # no reference of either form: not decoded
-        return []
-    return [cid.encode() for cid in blob_refs(cbor.decode(data, f"record {record.encode()}"))]
-
-
-def record_blob_names(get_block: Callable[[CID], bytes | None], record: CID) -> list[str]:
-    """CID strings of the blobs the record block ``record`` references (see :func:`blob_refs`)."""
-    return blob_names_in(record, get_block(record))
-
-
-class RecordsMoved(Exception):
-    """Raised by a ``records`` reader of :meth:`ReferencedBlobs.names_at` that could not keep to one tree."""
-
-
-class ReferencedBlobs:
-    """The blobs the records of one tree reference, moved from tree to tree by record diffs.
-
-    :meth:`names_at` answers for a tree root. The first answer reads every
-    record; an answer for a new root applies the record diff from the root
-    before (work in proportion to the records changed), or reads every
-    record again when that diff cannot be read (blocks removed by gc). Each
-    blob is counted once per record that references it, so it leaves the
-    set with the last such record. Memory: one entry per distinct blob
-    (about 160 bytes with its sorted name: 155 measured). Thread-safe.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._root: CID | None = None
-        self._counts: dict[str, int] = {}
-        self._names: list[str] = []
-
-    def names_at(
-        self,
-        source: NodeSource,
-        root: Node,
-        get_block: Callable[[CID], bytes | None],
-        records: Callable[[], Iterable[tuple[CID, bytes | None]]] | None = None,
-    ) -> list[str]:
-        """CID strings of the blobs the tree at ``root`` references, sorted. Do not change the list.
-
-        ``records``, if given, reads every ``(record CID, block)`` of that
-        tree faster than a walk of it (a table of HEAD's records, say), or
-        raises :class:`RecordsMoved` if it cannot; a count of every record
-        uses it first.
-        """
-        with self._lock:
-            if self._root != root.cid:
-                self._move_to(source, root, get_block, records)
-            return self._names
-
-    def _move_to(
-        self,
-        source: NodeSource,
-        root: Node,
-        get_block: Callable[[CID], bytes | None],
-        records: Callable[[], Iterable[tuple[CID, bytes | None]]] | None,
-    ) -> None:
-        old, self._root = self._root, None  # the counts belong to no tree until the move completes
-        try:
-            names = None
-            if old is not None:
-                try:
-                    names = self._apply_diff(source, old, root, get_block)
-                except MissingBlock:  # the old tree or its records are gone (gc): count afresh
-                    names = None
-            if names is None and records is not None:
-                try:
-                    names = self._count_all(records())
-                except RecordsMoved:
-                    names = None
-            if names is None:
-                names = self._count_all((cid, get_block(cid)) for _key, cid in iter_range(source, root))
-        except BaseException:
-            self._counts, self._names = {}, []
-            raise
-        self._names, self._root = names, root.cid
-
-    def _count_all(self, records: Iterable[tuple[CID, bytes | None]]) -> list[str]:
-        counts: dict[str, int] = {}
-        for record, data in records:
-            for name in blob_names_in(record, data):
-                counts[name] = counts.get(name, 0) + 1
-        self._counts = counts
-        return sorted(counts)
-
-    def _apply_diff(
-        self, source: NodeSource, old: CID, root: Node, get_block: Callable[[CID], bytes | None]
-    ) -> list[str]:
-        counts = self._counts
-        gained: set[str] = set()
-        lost: set[str] = set()
-        for change in diff_trees(source, old, root):
-            for name in [] if change.old is None else record_blob_names(get_block, change.old):
-                counts[name] -= 1
-                if not counts[name]:
-                    del counts[name]
-                    _move_name(name, gained, lost)
-            for name in [] if change.new is None else record_blob_names(get_block, change.new):
-                counts[name] = counts.get(name, 0) + 1
-                if counts[name] == 1:
-                    _move_name(name, lost, gained)
-        if not gained and not lost:
-            return self._names
-        kept = [name for name in self._names if name not in lost]
-        return sorted(kept + list(gained))  # kept is one sorted run: the sort merges into it in linear time
-
-
-def _move_name(name: str, source: set[str], target: set[str]) -> None:
-    """Note ``name`` as moved from ``source`` to ``target`` (undoing an earlier opposite move)."""
-    if name in source:
-        source.discard(name)
-    else:
-        target.add(name)
 
 
 class IncomingBlob:

@@ -14,25 +14,51 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
 
 from ..car.reader import CarReader
 from ..codec.atjson import from_json
 from ..codec.cid import CID
 from ..commit import Commit, decode_commit
-from ..errors import InvalidCommitMessage, MissingBlock, PypdsError, RecordNotFound, shown
+from ..errors import InvalidCommitMessage, MissingBlock, RecordNotFound, shown
 from ..keys import PublicKey, SigningKey, load_public_key
 from ..limits import DEFAULT_LIMITS, Limits
 from ..mst.edit import delete_untrimmed, put
-from ..mst.node import Link, Node, decode_node, empty_node, key_height, resolve
+from ..mst.node import Link, Node, NodeSource, empty_node, key_height, resolve
+from ..mst.nodestore import NodeStore
 from ..mst.tree import iter_range, lookup
-from ..syntax import split_repo_path
+from ..operation import Action, RecordChange
 from .proof import proof_path
 
-__all__ = ["covering_proof", "verify_commit_message", "VerifiedCommit"]
+__all__ = ["CommitEvent", "CommitOp", "VerifiedCommit", "covering_proof", "proof_nodes", "verify_commit_message"]
 
 
-def covering_proof(source: Any, root: Link, keys: Iterable[bytes]) -> dict[bytes, Node]:
+class CommitOp(TypedDict, total=False):
+    """One op of a ``#commit`` message (see :meth:`pypds.operation.RecordChange.to_op`)."""
+
+    action: Action
+    path: str
+    cid: CID | None
+    prev: CID  # absent for a create (and in messages before sync 1.1)
+
+
+class CommitEvent(TypedDict):
+    """A sync 1.1 ``#commit`` message body, as DAG-CBOR values (CIDs, bytes)."""
+
+    repo: str
+    commit: CID
+    rev: str
+    since: str | None
+    prevData: CID | None
+    ops: list[CommitOp]
+    blobs: list[CID]
+    blocks: bytes
+    rebase: bool
+    tooBig: bool
+    time: str
+
+
+def covering_proof(source: NodeSource, root: Link, keys: Iterable[bytes]) -> dict[bytes, Node]:
     """The nodes of the tree at ``root`` a consumer needs to undo changes to ``keys``.
 
     For each key: the lookup path to the key itself, and the lookup paths to
@@ -51,26 +77,16 @@ def covering_proof(source: Any, root: Link, keys: Iterable[bytes]) -> dict[bytes
     return nodes
 
 
-class _PartialTree:
-    """MST nodes from a diff CAR; a node the proof lacks is a MissingBlock naming it."""
+def proof_nodes(blocks: dict[bytes, bytes], commit: CID, limits: Limits) -> NodeStore:
+    """The MST nodes of a diff CAR; a node the proof lacks is a MissingBlock naming it."""
 
-    def __init__(self, blocks: dict[bytes, bytes], commit: CID, limits: Limits) -> None:
-        self._blocks = blocks
-        self._commit = commit
-        self._limits = limits
+    def missing(cid: CID) -> str:
+        return (
+            f"commit {commit.encode()}: the diff CAR lacks proof block {cid.encode()} (an MST node "
+            "needed to check or undo the ops)"
+        )
 
-    def has(self, cid: CID) -> bool:
-        return cid.cid_bytes in self._blocks
-
-    def load_node(self, cid: CID) -> Node:
-        data = self._blocks.get(cid.cid_bytes)
-        if data is None:
-            raise MissingBlock(
-                f"commit {self._commit.encode()}: the diff CAR lacks proof block {cid.encode()} (an MST node "
-                "needed to check or undo the ops)",
-                cid,
-            )
-        return decode_node(data, cid, self._limits)
+    return NodeStore(lambda cid: blocks.get(cid.cid_bytes), limits, missing=missing)
 
 
 @dataclass(frozen=True)
@@ -123,14 +139,13 @@ def verify_commit_message(
         raise InvalidCommitMessage(f"commit {commit_cid.encode()} has rev {commit.rev}, message says {shown(rev)}")
     if key is not None:
         commit.verify(load_public_key(key))
-    tree = _PartialTree(blocks, commit_cid, limits)
-    parsed = [_parse_op(op, index) for index, op in enumerate(ops)]
-    for path, action, cid, _prev in parsed:
-        found = lookup(tree, commit.data, path)
-        expected = None if action == "delete" else cid
-        if found != expected:
+    tree = proof_nodes(blocks, commit_cid, limits)
+    parsed = [RecordChange.from_op(op, index) for index, op in enumerate(ops)]
+    for change in parsed:
+        found = lookup(tree, commit.data, change.path.encode())
+        if found != change.new:
             got = "absent" if found is None else found.encode()
-            raise InvalidCommitMessage(f"op {action} {path.decode()}: the new tree holds {got}")
+            raise InvalidCommitMessage(f"op {change.action} {change.path}: the new tree holds {got}")
     prev_data = msg.get("prevData")
     if prev_data is None and not _invertible(parsed):
         return VerifiedCommit(commit, commit_cid, commit.data, None, False, inverted=False)
@@ -145,9 +160,9 @@ def verify_commit_message(
     return VerifiedCommit(commit, commit_cid, commit.data, root, prev_data is not None)
 
 
-def _invertible(ops: list[tuple[bytes, str, CID | None, CID | None]]) -> bool:
+def _invertible(ops: list[RecordChange]) -> bool:
     """Whether every op can be undone: a create always, an update or delete only with its ``prev``."""
-    return all(action == "create" or prev is not None for _path, action, _cid, prev in ops)
+    return all(op.action == "create" or op.old is not None for op in ops)
 
 
 def _normalise(message: dict) -> dict:
@@ -174,48 +189,29 @@ def _read_car(car: bytes, commit_cid: CID, limits: Limits) -> dict[bytes, bytes]
     return blocks
 
 
-_ACTIONS = {"create", "update", "delete"}
-
-
-def _parse_op(op: Any, index: int) -> tuple[bytes, str, CID | None, CID | None]:
-    if type(op) is not dict:
-        raise InvalidCommitMessage(f"op {index} is not a map")
-    action, path, cid, prev = op.get("action"), op.get("path"), op.get("cid"), op.get("prev")
-    if action not in _ACTIONS:
-        raise InvalidCommitMessage(f"op {index}: unknown action {shown(action)}")
-    try:
-        split_repo_path(path)
-    except PypdsError as exc:
-        raise InvalidCommitMessage(f"op {index}: {exc}") from None
-    if (action == "delete") != (cid is None) or (cid is not None and type(cid) is not CID):
-        raise InvalidCommitMessage(f"op {index} ({action} {path}): 'cid' must be a CID, or null for a delete")
-    if prev is not None and type(prev) is not CID:
-        raise InvalidCommitMessage(f"op {index} ({action} {path}): 'prev' is not a CID")
-    return path.encode(), action, cid, prev
-
-
-def _undo(tree: _PartialTree, root_cid: CID, ops: list[tuple[bytes, str, CID | None, CID | None]]) -> CID:
+def _undo(tree: NodeStore, root_cid: CID, ops: list[RecordChange]) -> CID:
     """Undo the ops (in reverse order) on the partial tree; the resulting root CID."""
     root: Link = root_cid
     height = -1
-    for path, action, _cid, prev in reversed(ops):
+    for op in reversed(ops):
+        path = op.path.encode()
         node = resolve(tree, root) or empty_node()
         if height < 0:
             height = key_height(node.keys[0]) if node.keys else 0
         try:
-            if action == "create":
+            if op.action == "create":
                 root, height = _trim_partial(tree, delete_untrimmed(tree, node, height, path), height)
-            elif prev is None:
+            elif op.old is None:
                 # without the old value an update or delete cannot be undone
-                raise InvalidCommitMessage(f"op {action} {path.decode()} has no 'prev': the commit cannot be inverted")
+                raise InvalidCommitMessage(f"op {op.action} {op.path} has no 'prev': the commit cannot be inverted")
             else:
-                root, height = put(tree, node, height, path, prev)
+                root, height = put(tree, node, height, path, op.old)
         except RecordNotFound:
-            raise InvalidCommitMessage(f"undoing create {path.decode()}: the key is not in the tree") from None
+            raise InvalidCommitMessage(f"undoing create {op.path}: the key is not in the tree") from None
     return root if type(root) is CID else root.cid  # type: ignore[union-attr,return-value]
 
 
-def _trim_partial(tree: _PartialTree, node: Node | None, height: int) -> tuple[Link, int]:
+def _trim_partial(tree: NodeStore, node: Node | None, height: int) -> tuple[Link, int]:
     """Trim key-less nodes off the top without loading a node the proof lacks.
 
     A key-less top node's single child becomes the root. If that child is

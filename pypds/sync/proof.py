@@ -11,7 +11,7 @@ empty link where the key would be (exclusion).
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from ..car.reader import CarReader, CarSource
 from ..codec.cid import CID
@@ -19,7 +19,8 @@ from ..commit import decode_commit
 from ..errors import DidMismatch, MissingBlock
 from ..keys import PublicKey, SigningKey, load_public_key
 from ..limits import DEFAULT_LIMITS, Limits
-from ..mst.node import Node, NodeSource, decode_node, resolve
+from ..mst.node import Node, NodeSource, resolve
+from ..mst.nodestore import NodeStore
 from ..syntax import repo_path
 
 __all__ = ["proof_path", "verify_proof"]
@@ -36,18 +37,6 @@ def proof_path(source: NodeSource, root: CID, key: bytes) -> Iterator[tuple[Node
         child = node.links[i]
         yield node, None
         node = resolve(source, child)
-
-
-class _CarNodes:
-    def __init__(self, get: Callable[[CID], bytes | None], limits: Limits) -> None:
-        self._get = get
-        self._limits = limits
-
-    def load_node(self, cid: CID) -> Node:
-        data = self._get(cid)
-        if data is None:
-            raise MissingBlock(f"proof lacks MST node {cid.encode()} on the path", cid)
-        return decode_node(data, cid, self._limits)
 
 
 def verify_proof(
@@ -82,7 +71,8 @@ def verify_proof(
         raise DidMismatch(f"proof commit {root.encode()} is for {commit.did}, not {did}")
     commit.verify(load_public_key(key))
     found: CID | None = None
-    for _node, value in proof_path(_CarNodes(get, limits), commit.data, path):
+    nodes = NodeStore(get, limits, missing=lambda cid: f"proof lacks MST node {cid.encode()} on the path")
+    for _node, value in proof_path(nodes, commit.data, path):
         found = value
     if found is not None and get(found) is None:
         raise MissingBlock(f"proof lacks the record block {found.encode()} for {path.decode()}", found)

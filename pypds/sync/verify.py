@@ -15,10 +15,9 @@ is accepted on a version 2 commit only, and the ``signature`` check says so.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from itertools import zip_longest
 
 from ..car.reader import CarSource
 from ..car.stream import StreamedCar, check_record, partial_tree
@@ -27,7 +26,6 @@ from ..commit import Commit, decode_commit
 from ..errors import (
     BlockHashMismatch,
     CarFormatError,
-    IntegrityError,
     InvalidCid,
     InvalidRepoPath,
     LimitExceeded,
@@ -38,7 +36,6 @@ from ..errors import (
 from ..keys import PublicKey, SigningKey, load_public_key
 from ..limits import DEFAULT_LIMITS, Limits
 from ..mst.walk import TreeWalk, walk_tree
-from ..storage.blobs import BlobStore
 
 __all__ = ["Outcome", "Check", "VerifyReport", "verify_car", "verify_tree"]
 
@@ -117,7 +114,8 @@ class VerifyReport:
         lines.append(f"{'result'.ljust(width)}  {'OK' if self.ok else 'FAILED'}")
         return "\n".join(lines)
 
-    def _set(self, name: str, outcome: Outcome, detail: str = "") -> None:
+    def add(self, name: str, outcome: Outcome, detail: str = "") -> None:
+        """Append the outcome of check ``name``."""
         self.checks.append(Check(name, outcome, detail))
 
     def _stop(self, failed: str, exc: Exception, remaining: list[str]) -> VerifyReport:
@@ -131,14 +129,14 @@ class VerifyReport:
             remaining = [failed, *remaining]
         for name in remaining:
             if name == failed:
-                self._set(name, Outcome.FAILED, f"{type(exc).__name__}: {exc}")
+                self.add(name, Outcome.FAILED, f"{type(exc).__name__}: {exc}")
             else:
-                self._set(name, Outcome.NOT_RUN)
+                self.add(name, Outcome.NOT_RUN)
         return self
 
     def _not_run(self, names: list[str]) -> None:
         for name in names:
-            self._set(name, Outcome.NOT_RUN)
+            self.add(name, Outcome.NOT_RUN)
 
 
 _READ_FAILURES: list[tuple[type[Exception], str]] = [
@@ -176,9 +174,9 @@ def verify_car(
     if car.read_error is not None:
         return _read_failure(car.read_error, order)
     report = VerifyReport(blocks=car.blocks)
-    report._set("car-framing", Outcome.PASSED, f"root {car.root.encode()}")
-    report._set("block-hashes", Outcome.PASSED, f"{car.blocks} blocks" if tree.ok else "every block read so far")
-    report._set("cid-form", Outcome.PASSED)
+    report.add("car-framing", Outcome.PASSED, f"root {car.root.encode()}")
+    report.add("block-hashes", Outcome.PASSED, f"{car.blocks} blocks" if tree.ok else "every block read so far")
+    report.add("cid-form", Outcome.PASSED)
     report.checks.extend(tree.checks)
     report.commit, report.did, report.rev, report.version = tree.commit, tree.did, tree.rev, tree.version
     report.nodes, report.records = tree.nodes, tree.records
@@ -190,7 +188,7 @@ def _read_failure(exc: Exception, order: list[str]) -> VerifyReport:
     report = VerifyReport()
     failed = next((name for cls, name in _READ_FAILURES if isinstance(exc, cls)), "car-framing")
     for name in order[: order.index(failed)]:
-        report._set(name, Outcome.PASSED)
+        report.add(name, Outcome.PASSED)
     return report._stop(failed, exc, order[order.index(failed) :])
 
 
@@ -228,7 +226,7 @@ def verify_tree(
         return report._stop("commit", exc, remaining)
     report.did, report.rev, report.version = commit.did, commit.rev, commit.version
     version = f"version 3, rev {commit.rev}" if commit.rev is not None else "version 2 (no rev)"
-    report._set("commit", Outcome.PASSED, f"{version}, data {commit.data.encode()}")
+    report.add("commit", Outcome.PASSED, f"{version}, data {commit.data.encode()}")
     if not _check_did(report, commit, did):
         report._not_run(["signature", *tree_checks])
     elif not _check_signature(report, commit, key):
@@ -251,28 +249,28 @@ def _rehashing(get_block: GetBlock) -> GetBlock:
 def _check_did(report: VerifyReport, commit: Commit, did: str | None) -> bool:
     """Append the ``did`` check; False if it failed."""
     if did is None:
-        report._set("did", Outcome.SKIPPED, f"no DID given (commit is for {commit.did})")
+        report.add("did", Outcome.SKIPPED, f"no DID given (commit is for {commit.did})")
     elif commit.did != did:
-        report._set("did", Outcome.FAILED, f"DidMismatch: commit is for {commit.did}, expected {did}")
+        report.add("did", Outcome.FAILED, f"DidMismatch: commit is for {commit.did}, expected {did}")
         return False
     else:
-        report._set("did", Outcome.PASSED, did)
+        report.add("did", Outcome.PASSED, did)
     return True
 
 
 def _check_signature(report: VerifyReport, commit: Commit, key: PublicKey | SigningKey | str | None) -> bool:
     """Append the ``signature`` check; False if it failed."""
     if key is None:
-        report._set("signature", Outcome.SKIPPED, "no key given")
+        report.add("signature", Outcome.SKIPPED, "no key given")
         return True
     try:
         public = load_public_key(key)
         commit.verify(public)
     except PypdsError as exc:
-        report._set("signature", Outcome.FAILED, f"{type(exc).__name__}: {exc}")
+        report.add("signature", Outcome.FAILED, f"{type(exc).__name__}: {exc}")
         return False
     high_s = " (high-S: accepted for version 2 commits only)" if commit.high_s(public) else ""
-    report._set("signature", Outcome.PASSED, public.did_key + high_s)
+    report.add("signature", Outcome.PASSED, public.did_key + high_s)
     return True
 
 
@@ -307,11 +305,11 @@ def _check_tree(
             return
     report.nodes, report.records = stats.nodes, stats.records
     if "block-hashes" in checks:
-        report._set("block-hashes", Outcome.PASSED, "every block re-hashed on read")
-    report._set("mst", Outcome.PASSED, f"{stats.nodes} nodes, root layer {stats.height}")
-    report._set("completeness", Outcome.PASSED, f"{stats.nodes} nodes, {len(seen_records)} record blocks")
-    report._set("repo-paths", Outcome.PASSED, f"{stats.records} keys")
-    report._set("records", Outcome.PASSED, f"{len(seen_records)} records")
+        report.add("block-hashes", Outcome.PASSED, "every block re-hashed on read")
+    report.add("mst", Outcome.PASSED, f"{stats.nodes} nodes, root layer {stats.height}")
+    report.add("completeness", Outcome.PASSED, f"{stats.nodes} nodes, {len(seen_records)} record blocks")
+    report.add("repo-paths", Outcome.PASSED, f"{stats.records} keys")
+    report.add("records", Outcome.PASSED, f"{len(seen_records)} records")
 
 
 def _partial(exc: PypdsError) -> PypdsError:
@@ -327,51 +325,3 @@ def _tree_failure(exc: PypdsError) -> str:
     if isinstance(exc, InvalidRepoPath):
         return "repo-paths"
     return "mst"
-
-
-def check_index(report: VerifyReport, index: Iterable[tuple[bytes, CID]], tree: Iterable[tuple[bytes, CID]]) -> None:
-    """Append the ``index`` check: the index rows equal the tree's leaves, in order."""
-    if not report.ok:
-        report._set("index", Outcome.NOT_RUN)
-        return
-    count = 0
-    for row, leaf in zip_longest(index, tree):
-        if row != leaf:
-            report._set("index", Outcome.FAILED, f"the paths index {_index_difference(row, leaf)}")
-            return
-        count += 1
-    report._set("index", Outcome.PASSED, f"{count} paths")
-
-
-def _index_difference(row: tuple[bytes, CID] | None, leaf: tuple[bytes, CID] | None) -> str:
-    if row is None or (leaf is not None and leaf[0] < row[0]):
-        return f"lacks {leaf[0].decode('utf-8', 'replace')}, which HEAD's tree holds"  # type: ignore[index]
-    if leaf is None or row[0] < leaf[0]:
-        return f"holds {row[0].decode('utf-8', 'replace')}, which HEAD's tree does not"
-    return f"has the wrong CID for {row[0].decode('utf-8', 'replace')}"
-
-
-def check_blob_files(report: VerifyReport, blobs: BlobStore) -> None:
-    """Append the ``blob-files`` check: every file under ``blobs/`` is a regular file named by
-    a blob CID that it hashes to (read without following links or blocking, a segment at a time)."""
-    if not report.ok:
-        report._set("blob-files", Outcome.NOT_RUN)
-        return
-    count = 0
-    for path in blobs.files():
-        count += 1
-        try:
-            cid = CID.decode(path.name)
-            blob = blobs.open(cid)
-            if blob is None:
-                raise IntegrityError(f"{path}: not named by a blob CID in its shard directory")
-            with blob:
-                for _done in blob.check():
-                    pass
-        except ValueError:
-            report._set("blob-files", Outcome.FAILED, f"{path}: file name is not a CID")
-            return
-        except PypdsError as exc:
-            report._set("blob-files", Outcome.FAILED, f"{type(exc).__name__}: blob file {path}: {exc}")
-            return
-    report._set("blob-files", Outcome.PASSED, f"{count} blobs")
