@@ -4,7 +4,9 @@
 >>> with Repo.create("my-repo", "did:plc:example") as repo:   # doctest: +SKIP
 ...     repo.put("app.bsky.feed.post", "3jui7kd54zh2y", {"$type": "app.bsky.feed.post", "text": "hi"})
 
-See the README for the full API.
+See the README for the full API. This module is the one public surface:
+everything listed in ``__all__`` is API; the network entry points (and
+aiohttp) are imported on first use.
 """
 
 import importlib
@@ -74,14 +76,15 @@ from .keys import (
 )
 from .limits import Limits
 from .mst import MST
+from .mst.nodestore import NodeStore
 from .net.service_auth import service_auth_token
+from .operation import RecordChange
 from .repo.repo import Batch, BlockStore, GcReport, Repo
 from .storage.blobs import BlobRef
-from .sync.firehose import VerifiedCommit, verify_commit_message
+from .sync.firehose import CommitEvent, VerifiedCommit, verify_commit_message
 from .sync.proof import verify_proof
 from .sync.verify import Check, Outcome, VerifyReport, verify_car
-
-__version__ = "0.1.0"
+from .version import __version__
 
 if TYPE_CHECKING:
     from .net.downloader import BlobFailure, DownloadReport, download, download_async
@@ -122,33 +125,44 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "__version__",
+    "AddressRefused",
     "BadSignature",
     "Batch",
-    "Check",
-    "Outcome",
-    "VerifiedCommit",
-    "VerifyReport",
-    "verify_car",
-    "verify_commit_message",
-    "verify_proof",
+    "BlobFailure",
     "BlobRef",
     "BlockHashMismatch",
     "BlockStore",
-    "CID",
     "CarFormatError",
     "CarOrder",
     "CarReader",
     "CarWriter",
+    "Check",
+    "check_car_order",
+    "CID",
+    "cid_for_cbor",
+    "cid_for_raw",
     "Commit",
+    "CommitEvent",
+    "DeadlineExceeded",
+    "decode_commit",
     "DidMismatch",
     "DiskFull",
+    "download",
+    "download_async",
+    "DownloadReport",
+    "from_json",
     "GcReport",
+    "generate_signing_key",
+    "HandleMismatch",
+    "Identity",
     "IntegrityError",
     "InvalidCbor",
     "InvalidCid",
     "InvalidCommit",
     "InvalidCommitMessage",
     "InvalidDid",
+    "InvalidHandle",
     "InvalidInput",
     "InvalidMst",
     "InvalidRecord",
@@ -158,63 +172,55 @@ __all__ = [
     "K256SigningKey",
     "LimitExceeded",
     "Limits",
-    "MST",
+    "ListingTooLong",
+    "load_signing_key",
+    "make_app",
     "MissingBlock",
-    "PartialTree",
+    "MST",
+    "NetworkError",
+    "NewAccount",
+    "NodeStore",
     "NotFound",
+    "Outcome",
     "P256SigningKey",
+    "parse_cid",
+    "parse_did_key",
+    "PartialTree",
     "PublicKey",
+    "push",
+    "push_async",
+    "PushReport",
     "PypdsError",
+    "RecordChange",
     "RecordNotFound",
     "RefNotFound",
-    "RepoBusy",
+    "RemoteError",
     "Repo",
+    "RepoBusy",
     "RepoClosed",
     "RepoExists",
     "RepoNotFound",
     "RepoStateError",
+    "resolve",
+    "resolve_async",
+    "ResolveError",
+    "ResolverConfig",
+    "ResponseTooLarge",
     "RollbackRefused",
     "SchemaVersionError",
+    "serve",
+    "service_auth_token",
+    "sign_commit",
     "SigningKey",
     "SigningKeyMismatch",
     "SigningKeyRequired",
     "StorageError",
     "StoreDamaged",
-    "check_car_order",
-    "cid_for_cbor",
-    "cid_for_raw",
-    "decode_commit",
-    "from_json",
     "to_json",
-    "generate_signing_key",
-    "load_signing_key",
-    "parse_cid",
-    "parse_did_key",
-    "sign_commit",
-    "service_auth_token",
-    # network (lazy)
-    "AddressRefused",
-    "BlobFailure",
-    "DeadlineExceeded",
-    "DownloadReport",
-    "HandleMismatch",
-    "Identity",
-    "InvalidHandle",
-    "ListingTooLong",
-    "NetworkError",
-    "RemoteError",
-    "ResolveError",
-    "ResolverConfig",
-    "ResponseTooLarge",
     "TransferTooSlow",
-    "download",
-    "download_async",
-    "make_app",
-    "NewAccount",
-    "PushReport",
-    "push",
-    "push_async",
-    "resolve",
-    "resolve_async",
-    "serve",
+    "VerifiedCommit",
+    "verify_car",
+    "verify_commit_message",
+    "verify_proof",
+    "VerifyReport",
 ]

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import click
 
-from .. import __version__
+from ..version import __version__
 from ..errors import IntegrityError, PypdsError
 from ._net import NET_COMMANDS
 from ._read import READ_COMMANDS

@@ -52,7 +52,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from .. import __version__
+from ..version import __version__
 from ..errors import (
     AddressRefused,
     DeadlineExceeded,
