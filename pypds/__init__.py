@@ -87,7 +87,7 @@ from .sync.verify import Check, Outcome, VerifyReport, verify_car
 from .version import __version__
 
 if TYPE_CHECKING:
-    from .net.downloader import BlobFailure, DownloadReport, download, download_async
+    from .net.downloader import BlobFailure, DownloadOptions, DownloadReport, download, download_async
     from .net.identity import Identity, ResolverConfig, resolve, resolve_async
     from .net.pusher import NewAccount, PushReport, push, push_async
     from .net.server import make_app, serve
@@ -97,6 +97,7 @@ _LAZY = {
     "download": "net.downloader",
     "download_async": "net.downloader",
     "DownloadReport": "net.downloader",
+    "DownloadOptions": "net.downloader",
     "BlobFailure": "net.downloader",
     "resolve": "net.identity",
     "resolve_async": "net.identity",
@@ -150,6 +151,7 @@ __all__ = [
     "DiskFull",
     "download",
     "download_async",
+    "DownloadOptions",
     "DownloadReport",
     "from_json",
     "GcReport",

@@ -20,6 +20,7 @@ rev must treat a missing rev as older than every rev (:func:`rev_key`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cbrrr
 
@@ -52,9 +53,9 @@ class Commit:
     #: False for a commit block that omitted ``prev`` (tolerated on read)
     has_prev: bool = True
 
-    def unsigned(self) -> dict:
+    def unsigned(self) -> dict[str, Any]:
         """The commit map without ``sig``: what the signature covers."""
-        fields: dict = {"did": self.did, "version": self.version, "data": self.data}
+        fields: dict[str, Any] = {"did": self.did, "version": self.version, "data": self.data}
         if self.rev is not None:
             fields["rev"] = self.rev
         if self.has_prev:
@@ -102,7 +103,7 @@ def rev_is_newer(rev: str | None, than: str | None) -> bool:
 
 def sign_commit(did: str, data: CID, rev: str, key: SigningKey) -> tuple[Commit, bytes, CID]:
     """Build and sign a commit; returns (commit, block bytes, commit CID)."""
-    unsigned = {"did": did, "version": 3, "data": data, "rev": rev, "prev": None}
+    unsigned: dict[str, Any] = {"did": did, "version": 3, "data": data, "rev": rev, "prev": None}
     sig = key.sign(cbrrr.encode_dag_cbor(unsigned))
     commit = Commit(did=did, data=data, rev=rev, sig=sig)
     block = commit.encode()
@@ -131,14 +132,15 @@ def decode_commit(block: bytes, cid: CID | None = None) -> Commit:
         raise InvalidCommit(f"{where}: unexpected field(s) {sorted(extra)} for a version {version} commit")
     did, data, rev, sig = obj["did"], obj["data"], obj.get("rev"), obj["sig"]
     prev = obj.get("prev")
-    if not is_valid_did(did):
+    if not isinstance(did, str) or not is_valid_did(did):
         raise InvalidCommit(f"{where}: invalid did {shown(did)}")
-    if type(data) is not CID or not is_dag_cbor(data):
+    if not isinstance(data, CID) or not is_dag_cbor(data):
         raise InvalidCommit(f"{where}: 'data' is not a dag-cbor sha2-256 CID")
-    if version == 3 and not is_valid_tid(rev):
+    if version == 3 and not (isinstance(rev, str) and is_valid_tid(rev)):
         raise InvalidCommit(f"{where}: rev {shown(rev)} is not a TID")
-    if prev is not None and type(prev) is not CID:
+    if prev is not None and not isinstance(prev, CID):
         raise InvalidCommit(f"{where}: 'prev' is neither null nor a CID")
-    if type(sig) is not bytes:
+    if not isinstance(sig, bytes):
         raise InvalidCommit(f"{where}: 'sig' is not bytes")
-    return Commit(did=did, data=data, rev=rev, sig=sig, prev=prev, version=version, has_prev="prev" in obj)
+    commit_rev = rev if isinstance(rev, str) else None
+    return Commit(did=did, data=data, rev=commit_rev, sig=sig, prev=prev, version=version, has_prev="prev" in obj)

@@ -17,13 +17,13 @@ first performance round measured 4.1 s against 2.2 s for 300k puts).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypedDict
 
 from .codec.cid import CID
 from .errors import InvalidCommitMessage, PypdsError, shown
 from .syntax import split_repo_path
 
-__all__ = ["Action", "RecordChange", "WriteOp"]
+__all__ = ["Action", "CommitOp", "RecordChange", "WriteOp"]
 
 Action = Literal["create", "update", "delete"]
 _ACTIONS = ("create", "update", "delete")
@@ -32,6 +32,15 @@ _ACTIONS = ("create", "update", "delete")
 #: the raw CID bytes and the record block for a put; ``(key, None, None)`` for
 #: a delete.
 WriteOp = tuple[bytes, bytes | None, bytes | None]
+
+
+class CommitOp(TypedDict, total=False):
+    """One op of a firehose ``#commit`` message, as DAG-CBOR values."""
+
+    action: Action
+    path: str
+    cid: CID | None
+    prev: CID  # absent for a create (and in messages before sync 1.1)
 
 
 @dataclass(frozen=True)
@@ -52,9 +61,9 @@ class RecordChange:
         undo: Action = "delete" if self.action == "create" else "create" if self.action == "delete" else "update"
         return RecordChange(self.path, undo, self.new, self.old)
 
-    def to_op(self) -> dict:
+    def to_op(self) -> CommitOp:
         """The firehose ``#commit`` op: ``{action, path, cid, prev}`` (``prev`` only when known)."""
-        op: dict = {"action": self.action, "path": self.path, "cid": self.new}
+        op: CommitOp = {"action": self.action, "path": self.path, "cid": self.new}
         if self.old is not None:
             op["prev"] = self.old
         return op
@@ -72,6 +81,8 @@ class RecordChange:
         if action not in _ACTIONS:
             raise InvalidCommitMessage(f"op {index}: unknown action {shown(action)}")
         try:
+            if not isinstance(path, str):
+                raise InvalidCommitMessage(f"op {index}: path {shown(path)} is not a string")
             split_repo_path(path)
         except PypdsError as exc:
             raise InvalidCommitMessage(f"op {index}: {exc}") from None

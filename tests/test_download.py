@@ -36,6 +36,7 @@ from pypds import (
     CarWriter,
     DeadlineExceeded,
     DidMismatch,
+    DownloadOptions,
     InvalidInput,
     ListingTooLong,
     NetworkError,
@@ -59,7 +60,7 @@ from .netstubs import DnsStub, PdsProxy, ServerThread, WebStub, cut_short, did_d
 HANDLE = "alice.test"
 OTHER_DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
 ROOT = Path(__file__).resolve().parent.parent
-FAST = {"retries": 1, "backoff": 0.0}
+FAST = {"options": DownloadOptions(retries=1, backoff=0.0)}
 
 
 @pytest.fixture(scope="module")
@@ -422,7 +423,7 @@ def test_retries_are_bounded(source, proxy, tmp_path):
     proxy.before["getRepo"] = lambda _request, _status, _body: web.Response(status=500)
     started = time.monotonic()
     with pytest.raises(RemoteError, match="after 3 attempts") as caught:
-        download(HANDLE, tmp_path / "copy", config=source.config, retries=2, backoff=0.01)
+        download(HANDLE, tmp_path / "copy", config=source.config, options=DownloadOptions(retries=2, backoff=0.01))
     assert caught.value.status == 500
     assert proxy.hits["getRepo"] == 3
     assert time.monotonic() - started < 5
@@ -434,7 +435,7 @@ def test_a_car_cut_half_way_is_fetched_again(source, proxy, tmp_path):
         return cut_short(request, body) if proxy.hits["getRepo"] == 1 else None
 
     proxy.after["getRepo"] = cut_first_time
-    report = download(HANDLE, tmp_path / "copy", config=source.config, retries=2, backoff=0.0)
+    report = download(HANDLE, tmp_path / "copy", config=source.config, options=DownloadOptions(retries=2, backoff=0.0))
     assert report.action == "created" and proxy.hits["getRepo"] == 2
     assert snapshot(tmp_path / "copy")[0] == snapshot(source.path)[0]
 
@@ -458,7 +459,7 @@ def test_an_unreachable_pds_fails_after_the_retries(source, tmp_path):
 
 def test_a_car_over_the_size_cap_is_refused(source, tmp_path):
     with pytest.raises(ResponseTooLarge, match="max_car_bytes"):
-        download(HANDLE, tmp_path / "copy", config=source.config, max_car_bytes=1000)
+        download(HANDLE, tmp_path / "copy", config=source.config, options=DownloadOptions(max_car_bytes=1000))
     assert not (tmp_path / "copy").exists()
     assert no_temp_files(tmp_path)
 
@@ -653,7 +654,7 @@ def test_a_missing_rev_is_older_than_any_rev(rev, than, newer):
 # The peak RSS of this process image (VmHWM): ru_maxrss would include the parent's, inherited through fork.
 MEASURE_BLOB_DOWNLOAD = """
 import json, sys
-from pypds import ResolverConfig, download
+from pypds import DownloadOptions, ResolverConfig, download
 def peak():
     return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 plc, copy, did = sys.argv[1:]
@@ -763,7 +764,7 @@ def drip(content_type: str = "application/vnd.ipld.car", every: float = 0.05, st
     return answer
 
 
-SLOW = {"min_rate": 1000, "rate_window": 0.3, "retries": 1, "backoff": 0.0}
+SLOW = {"options": DownloadOptions(min_rate=1000, rate_window=0.3, retries=1, backoff=0.0)}
 
 
 @pytest.mark.parametrize("method", ["getRepo", "getLatestCommit", "listBlobs"])
@@ -794,7 +795,12 @@ def test_the_deadline_bounds_the_whole_download_and_is_not_retried(source, proxy
     proxy.before["getRepo"] = drip(every=0.01)
     started = time.monotonic()
     with pytest.raises(DeadlineExceeded, match="deadline"):
-        download(HANDLE, tmp_path / "copy", config=source.config, min_rate=0, deadline=0.8, retries=3, backoff=0)
+        download(
+            HANDLE,
+            tmp_path / "copy",
+            config=source.config,
+            options=DownloadOptions(min_rate=0, deadline=0.8, retries=3, backoff=0),
+        )
     assert time.monotonic() - started < 2.5
     assert proxy.hits["getRepo"] == 1
     assert not (tmp_path / "copy").exists() and no_temp_files(tmp_path)
@@ -804,7 +810,12 @@ def test_backoff_never_waits_past_the_deadline(source, proxy, tmp_path):
     proxy.before["getRepo"] = lambda _request, _status, _body: web.Response(status=503)
     started = time.monotonic()
     with pytest.raises(DeadlineExceeded):
-        download(HANDLE, tmp_path / "copy", config=source.config, retries=3, backoff=10.0, deadline=0.5)
+        download(
+            HANDLE,
+            tmp_path / "copy",
+            config=source.config,
+            options=DownloadOptions(retries=3, backoff=10.0, deadline=0.5),
+        )
     assert time.monotonic() - started < 2
 
 
@@ -820,7 +831,7 @@ def test_cli_download_gives_up_on_a_dripping_pds(source, proxy, tmp_path, capsys
 @pytest.mark.parametrize("settings", [{"min_rate": -1}, {"rate_window": 0}, {"deadline": 0}])
 def test_bad_pace_settings_are_refused(source, tmp_path, settings):
     with pytest.raises(InvalidInput):
-        download(HANDLE, tmp_path / "copy", config=source.config, **settings)
+        download(HANDLE, tmp_path / "copy", config=source.config, options=DownloadOptions(**settings))
 
 
 # -- issue 12.5: the CAR size cap, and temporary CARs of killed runs -------------------------------------------------

@@ -16,8 +16,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Iterator
-from typing import BinaryIO
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import cbrrr
 
@@ -27,7 +27,15 @@ from ..limits import DEFAULT_LIMITS, Limits
 
 __all__ = ["CarSource", "CarReader", "open_car_source"]
 
-CarSource = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO
+
+class Readable(Protocol):
+    """A binary stream: anything with ``read(size)`` (a file, a socket file, a wrapper)."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+#: A CAR as bytes, a file path, or a binary stream.
+CarSource = bytes | bytearray | memoryview | str | os.PathLike | Readable
 
 _CHUNK = 1 << 20
 _MAX_VARINT_BYTES = 9  # enough for any length below 2**63
@@ -36,7 +44,7 @@ _MAX_VARINT_BYTES = 9  # enough for any length below 2**63
 class _Input:
     """Buffered reads from a file object, tracking the byte offset."""
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: Readable) -> None:
         self._stream = stream
         self._buf = b""
         self._pos = 0
@@ -106,14 +114,15 @@ class _Input:
         return self._buf[pos : pos + 36], self._buf[pos + 36 : pos + size]
 
 
-def open_car_source(source: CarSource) -> tuple[BinaryIO, bool]:
-    """A binary stream for ``source`` and whether the caller must close it."""
+def open_car_source(source: CarSource) -> tuple[Readable, Callable[[], None] | None]:
+    """A binary stream for ``source``, and how to close it when the reader opened it (else None)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return io.BytesIO(bytes(source)), True
+        return io.BytesIO(bytes(source)), None  # nothing to release
     if isinstance(source, (str, os.PathLike)):
-        return open(source, "rb"), True
+        stream = open(source, "rb")  # noqa: SIM115 (closed through the returned closer)
+        return stream, stream.close
     if hasattr(source, "read"):
-        return source, False
+        return source, None
     raise TypeError(f"CAR source must be bytes, a path or a binary file, not {type(source).__name__}")
 
 
@@ -126,7 +135,7 @@ class CarReader:
     """
 
     def __init__(self, source: CarSource, *, limits: Limits = DEFAULT_LIMITS) -> None:
-        self._stream, self._owned = open_car_source(source)
+        self._stream, self._closer = open_car_source(source)
         self._input = _Input(self._stream)
         self._limits = limits
         try:
@@ -155,11 +164,11 @@ class CarReader:
         roots = header.get("roots")
         if type(roots) is not list or not roots:
             raise CarFormatError("CAR header has no roots")
-        for root in roots:
-            if type(root) is not CID:
-                raise CarFormatError("CAR header root is not a CID")
-        check_cid_bytes(roots[0].cid_bytes, "the first CAR root", allow_raw=False)
-        return roots
+        cids = [root for root in roots if isinstance(root, CID)]
+        if len(cids) != len(roots):
+            raise CarFormatError("CAR header root is not a CID")
+        check_cid_bytes(cids[0].cid_bytes, "the first CAR root", allow_raw=False)
+        return cids
 
     def __iter__(self) -> Iterator[tuple[CID, bytes]]:
         source = self._input
@@ -183,8 +192,8 @@ class CarReader:
             yield CID(cid_bytes), data
 
     def close(self) -> None:
-        if self._owned:
-            self._stream.close()
+        if self._closer is not None:
+            self._closer()
 
     def __enter__(self) -> CarReader:
         return self

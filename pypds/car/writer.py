@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Any, Protocol
 
 import cbrrr
 
 from ..codec.cid import CID
 from ..filesystem import atomic_file
 
-__all__ = ["CarWriter", "encode_varint", "write_car_file"]
+__all__ = ["CarWriter", "Writable", "encode_varint", "write_car_file"]
+
+
+class Writable(Protocol):
+    """A binary sink: anything with ``write(bytes)`` (a file, a buffer, a counting wrapper)."""
+
+    def write(self, data: bytes, /) -> object: ...
 
 
 def encode_varint(value: int) -> bytes:
@@ -29,9 +35,10 @@ def encode_varint(value: int) -> bytes:
 class CarWriter:
     """Write a CAR v1 stream: the header at construction, then blocks."""
 
-    def __init__(self, stream: BinaryIO, roots: list[CID]) -> None:
+    def __init__(self, stream: Writable, roots: list[CID]) -> None:
         self._stream = stream
-        header = cbrrr.encode_dag_cbor({"roots": roots, "version": 1})
+        fields: dict[str, Any] = {"roots": roots, "version": 1}
+        header = cbrrr.encode_dag_cbor(fields)
         stream.write(encode_varint(len(header)) + header)
 
     def write_block(self, cid: CID, data: bytes) -> None:

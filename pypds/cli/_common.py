@@ -13,7 +13,7 @@ import os
 import stat
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -455,7 +455,7 @@ def cid_str(cid: CID | None) -> str | None:
     return None if cid is None else cid.encode()
 
 
-def print_rows(rows: list[tuple[str, ...]], styles: dict[int, Callable[[str], str]] | None = None) -> None:
+def print_rows(rows: Sequence[tuple[str, ...]], styles: dict[int, Callable[[str], str]] | None = None) -> None:
     """Print rows as aligned columns (two spaces apart; the last column is not padded)."""
     if not rows:
         return

@@ -229,7 +229,7 @@ def download_cmd(
       pypds download alice.test -o ./alice --plc-url http://127.0.0.1:2582 \\
           --dns 127.0.0.1:5353 --web-base http://127.0.0.1:8080 --allow-private-network
     """
-    from ..net.downloader import download
+    from ..net.downloader import DownloadOptions, download
     from ..net.identity import ResolverConfig
 
     config = ResolverConfig(
@@ -241,9 +241,9 @@ def download_cmd(
     )
     if Path(path).is_file():
         raise InputError(f"{path} is a file, not a repository directory")
-    options = {"retries": retries, "min_rate": min_rate, "deadline": deadline, "max_car_bytes": max_car_size}
+    options = DownloadOptions(retries=retries, min_rate=min_rate, deadline=deadline, max_car_bytes=max_car_size)
     with _bars(Progress.create(quiet).enabled) as progress:
-        report = download(identifier, path, blobs=blobs, since=since, config=config, progress=progress, **options)
+        report = download(identifier, path, blobs=blobs, since=since, config=config, progress=progress, options=options)
     if as_json:
         emit_json(report.to_json())
     else:

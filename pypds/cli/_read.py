@@ -16,6 +16,7 @@ from ..codec.cid import CID
 from ..errors import BadSignature, MissingBlock, RecordNotFound
 from ..keys import PublicKey
 from ..mst import TreeWalk, diff_trees, key_height, walk_tree
+from ..mst.node import link_cid
 from ..mst.nodestore import GetBlock, NodeStore
 from ..operation import RecordChange
 from ..repo.repo import Repo
@@ -205,7 +206,7 @@ def _inspect(source: Source, key: PublicKey | None) -> dict:
     commit = repo.commit()
     commit_bytes = len(repo.blockstore.get(head) or b"")
     if key is None:
-        signature = {"status": "not checked", "key": None}
+        signature: dict[str, object] = {"status": "not checked", "key": None}
     else:
         try:
             commit.verify(key)
@@ -338,7 +339,7 @@ def _mst_nodes(repo: Repo, root: CID) -> list[dict]:
         node = source.load_node(cid)
         if layer < 0:
             layer = key_height(node.keys[0]) if node.keys else 0
-        links = [link if type(link) is CID or link is None else link.cid for link in node.links]
+        links = [link_cid(link) for link in node.links]
         out.append(
             {
                 "cid": cid.encode(),
@@ -394,7 +395,7 @@ def _draw_mst(nodes: list[dict], full: bool) -> None:
     for text, cid in lines:
         echo(text if cid is None else f"{text.ljust(width)}  {cid}")
     layers = Counter(node["layer"] for node in nodes)
-    keys = Counter()
+    keys: Counter[int] = Counter()
     for node in nodes:
         keys[node["layer"]] += len(node["entries"])
     echo()
@@ -633,7 +634,7 @@ def compact_cmd(src: str, out: str, as_json: bool, quiet: bool) -> None:
         repo = source.repo
         blocks = len(repo.blockstore) if source.kind == "car" else None
         with binary_output(out, "a CAR") as stream, progress.writing(stream, "writing") as writer:
-            repo.export_car(writer)  # type: ignore[arg-type]
+            repo.export_car(writer)
         head = repo.head
         if blocks is None:
             stats = tree_stats(repo, repo.commit().data)

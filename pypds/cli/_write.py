@@ -10,7 +10,7 @@ import click
 from ..codec.atjson import from_json
 from ..codec.cid import CID
 from ..errors import NotFound
-from ..keys import PublicKey, generate_signing_key
+from ..keys import PublicKey, SigningKey, generate_signing_key
 from ..repo.repo import Repo
 from ._common import (
     CID_TYPE,
@@ -88,6 +88,7 @@ def init_cmd(
       pypds init ./alice --did did:plc:ewvi7nxzyoun6zhxrhs64oiz --key p256
       pypds init ./alice --did did:plc:ewvi7nxzyoun6zhxrhs64oiz --signing-key-file alice.key
     """
+    key: SigningKey | None
     if key_spec in ("k256", "p256"):
         if signing_key_file is not None:
             raise click.UsageError(f"--key {key_spec} generates a key: do not give --signing-key-file too")
@@ -133,7 +134,7 @@ def import_cmd(path: str, car: str, key: PublicKey | None, as_json: bool, quiet:
     with open_input(car) as (stream, size), progress.reading(stream, "importing", size) as reader:
         if (target / "pds.db").exists():
             with open_repo(path) as repo:
-                blocks = repo.import_car(reader, key=key)  # type: ignore[arg-type]
+                blocks = repo.import_car(reader, key=key)
                 head, rev, did = repo.head, repo.rev, repo.did
                 if repo.signing_key_matches_head() is False:
                     warn(
@@ -142,7 +143,7 @@ def import_cmd(path: str, car: str, key: PublicKey | None, as_json: bool, quiet:
                     )
             created = False
         else:
-            with Repo.from_car(target, reader, key=key) as repo:  # type: ignore[arg-type]
+            with Repo.from_car(target, reader, key=key) as repo:
                 blocks = len(repo.blockstore)
                 head, rev, did = repo.head, repo.rev, repo.did
             created = True
@@ -186,7 +187,7 @@ def export_cmd(path: str, output: str | None, commit_spec: str | None, as_json: 
     with open_repo(path) as repo:
         commit = repo.head if commit_spec is None else resolve_commit(repo, commit_spec)
         with binary_output(output, "a CAR") as stream, progress.writing(stream, "exporting") as writer:
-            repo.export_car(writer, commit=commit)  # type: ignore[arg-type]
+            repo.export_car(writer, commit=commit)
         rev = repo.commit(commit).rev
     if to_stdout:
         return
@@ -398,7 +399,7 @@ def blob_ls_cmd(path: str, as_json: bool) -> None:
     with open_repo(path) as repo:
         cids = repo.list_blobs(stored=True)
         folder = repo.path / "blobs"
-    sizes = []
+    sizes: list[tuple[str, int | None]] = []
     for cid in cids:
         name = cid.encode()
         try:

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 import click
 
-from ..version import __version__
 from ..errors import IntegrityError, PypdsError
+from ..version import __version__
 from ._net import NET_COMMANDS
 from ._read import READ_COMMANDS
 from ._write import WRITE_COMMANDS
@@ -95,7 +95,7 @@ def _run(args: list[str]) -> int:
         result = cli.main(args=args, prog_name="pypds", standalone_mode=False)
     except click.UsageError as exc:
         if _NO_ARGS is not None and isinstance(exc, _NO_ARGS):
-            click.echo(exc.ctx.get_help())  # type: ignore[union-attr]
+            click.echo(exc.ctx.get_help())
             return EXIT_OK
         return _fail(_usage_message(exc), EXIT_USAGE)
     except click.ClickException as exc:

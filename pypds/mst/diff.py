@@ -46,8 +46,8 @@ class _Stream:
         self.items.extend(pending)
 
 
-def _cid_of(link: Link) -> CID:
-    return link if type(link) is CID else link.cid  # type: ignore[union-attr,return-value]
+def _cid_of(link: CID | Node) -> CID:
+    return link.cid if isinstance(link, Node) else link
 
 
 def diff_trees(source: NodeSource, old_root: Link, new_root: Link) -> Iterator[RecordChange]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Protocol, Union
+from typing import Any, Protocol, Union
 
 import cbrrr
 
@@ -85,16 +85,14 @@ class NodeSource(Protocol):
 
 def resolve(source: NodeSource, link: Link) -> Node | None:
     """The node a link points to, loading it from ``source`` if needed."""
-    if link is None or type(link) is Node:
-        return link  # type: ignore[return-value]
-    return source.load_node(link)  # type: ignore[arg-type]
+    if link is None or isinstance(link, Node):
+        return link
+    return source.load_node(link)
 
 
 def link_cid(link: Link) -> CID | None:
     """The CID a link stands for (computing it for in-memory nodes)."""
-    if link is None or type(link) is CID:
-        return link  # type: ignore[return-value]
-    return link.cid  # type: ignore[union-attr]
+    return link.cid if isinstance(link, Node) else link
 
 
 def key_height(key: bytes) -> int:
@@ -114,17 +112,15 @@ def common_prefix_len(a: bytes, b: bytes) -> int:
 
 def encode_node(node: Node) -> bytes:
     """The canonical DAG-CBOR block of a node (maximal prefix compression)."""
-    entries = []
+    entries: list[Any] = []
     prev = b""
     links, vals = node.links, node.vals
     for i, key in enumerate(node.keys):
         shared = common_prefix_len(prev, key) if prev else 0
-        right = links[i + 1]
-        if right is not None and type(right) is not CID:
-            right = right.cid  # an in-memory node
-        entries.append({"k": key[shared:], "p": shared, "t": right, "v": vals[i]})
+        entries.append({"k": key[shared:], "p": shared, "t": link_cid(links[i + 1]), "v": vals[i]})
         prev = key
-    return cbrrr.encode_dag_cbor({"e": entries, "l": link_cid(links[0])})
+    fields: dict[str, Any] = {"e": entries, "l": link_cid(links[0])}
+    return cbrrr.encode_dag_cbor(fields)
 
 
 class _Malformed(Exception):
@@ -141,19 +137,19 @@ def _check_link(value: object, what: str) -> CID | None:
         return None
     if type(value) is not CID:
         raise _Malformed(InvalidMst, f"{what} is not a CID or null")
-    raw = value.cid_bytes  # type: ignore[union-attr]
+    raw = value.cid_bytes
     if len(raw) != 36 or raw[:4] != DAG_CBOR_PREFIX:
         raise _Malformed(InvalidMst, f"{what} is not a dag-cbor sha2-256 CID")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def _check_value(value: object, index: int) -> CID:
     if type(value) is not CID:
         raise _Malformed(InvalidMst, f"entry {index} value is not a CID")
-    raw = value.cid_bytes  # type: ignore[union-attr]
+    raw = value.cid_bytes
     if len(raw) != 36 or raw[:4] not in (DAG_CBOR_PREFIX, RAW_PREFIX):
         raise _Malformed(InvalidMst, f"entry {index} value is not a sha2-256 CIDv1")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def decode_links(data: bytes, cid: CID) -> tuple[CID | None, list[tuple[CID, CID | None]]]:

@@ -92,7 +92,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["BlobFailure", "DownloadReport", "Progress", "download", "download_async"]
+__all__ = ["BlobFailure", "DownloadOptions", "DownloadReport", "Progress", "download", "download_async"]
 
 #: Largest repository CAR accepted from a PDS (it is spooled to a temporary file, not held in memory).
 MAX_CAR_BYTES = 16 << 30
@@ -139,7 +139,7 @@ class DownloadReport:
     path: Path
     action: str
     head: CID
-    rev: str
+    rev: str | None  # None for a version 2 commit
     car_bytes: int = 0
     blocks: int = 0
     blobs_listed: int = 0
@@ -170,6 +170,29 @@ class DownloadReport:
         }
 
 
+@dataclass(frozen=True)
+class DownloadOptions:
+    """How :func:`download` talks to the PDS, and its bounds.
+
+    ``retries`` bounds the retries of each request (``backoff`` seconds,
+    doubling); ``concurrency`` blobs are fetched at once. Every response
+    body must arrive at ``min_rate`` bytes/s or more on average over each
+    ``rate_window`` seconds (0: no minimum); ``deadline`` (seconds, None for
+    none) bounds the whole download's network time. ``max_car_bytes`` and
+    ``max_blob_bytes`` cap what is accepted; ``limits`` bound the import.
+    """
+
+    retries: int = 3
+    backoff: float = 0.5
+    concurrency: int = 4
+    max_car_bytes: int = MAX_CAR_BYTES
+    max_blob_bytes: int = MAX_BLOB_BYTES
+    min_rate: float = MIN_RATE
+    rate_window: float = RATE_WINDOW
+    deadline: float | None = None
+    limits: Limits = DEFAULT_LIMITS
+
+
 def download(
     identifier: str,
     path: str | os.PathLike,
@@ -178,26 +201,15 @@ def download(
     since: bool = False,
     config: ResolverConfig | None = None,
     progress: Progress | None = None,
-    retries: int = 3,
-    backoff: float = 0.5,
-    concurrency: int = 4,
-    max_car_bytes: int = MAX_CAR_BYTES,
-    max_blob_bytes: int = MAX_BLOB_BYTES,
-    min_rate: float = MIN_RATE,
-    rate_window: float = RATE_WINDOW,
-    deadline: float | None = None,
-    limits: Limits = DEFAULT_LIMITS,
+    options: DownloadOptions = DownloadOptions(),
 ) -> DownloadReport:
     """Download the repository of ``identifier`` (handle or DID) into the directory ``path``.
 
     ``since=True`` updates an existing copy with a diff CAR (a missing copy
     is downloaded whole); ``blobs=True`` also fetches every blob not yet
-    stored. ``retries`` bounds the retries of each request (``backoff``
-    seconds, doubling); ``concurrency`` blobs are fetched at once. Every
-    response body must arrive at ``min_rate`` bytes/s or more on average
-    over each ``rate_window`` seconds (0: no minimum); ``deadline`` (seconds,
-    None for none) bounds the whole download's network time. A PDS at a
-    non-public address needs ``config.allow_private_network``.
+    stored. ``options`` (:class:`DownloadOptions`) sets retries, rates,
+    the deadline and size caps. A PDS at a non-public address needs
+    ``config.allow_private_network``.
 
     Raises :class:`~pypds.errors.ResolveError` (identity),
     :class:`~pypds.errors.RemoteError` (the PDS said no),
@@ -212,23 +224,7 @@ def download(
     one, use :func:`download_async`.
     """
     return asyncio.run(
-        download_async(
-            identifier,
-            path,
-            blobs=blobs,
-            since=since,
-            config=config,
-            progress=progress,
-            retries=retries,
-            backoff=backoff,
-            concurrency=concurrency,
-            max_car_bytes=max_car_bytes,
-            max_blob_bytes=max_blob_bytes,
-            min_rate=min_rate,
-            rate_window=rate_window,
-            deadline=deadline,
-            limits=limits,
-        )
+        download_async(identifier, path, blobs=blobs, since=since, config=config, progress=progress, options=options)
     )
 
 
@@ -240,15 +236,7 @@ async def download_async(
     since: bool = False,
     config: ResolverConfig | None = None,
     progress: Progress | None = None,
-    retries: int = 3,
-    backoff: float = 0.5,
-    concurrency: int = 4,
-    max_car_bytes: int = MAX_CAR_BYTES,
-    max_blob_bytes: int = MAX_BLOB_BYTES,
-    min_rate: float = MIN_RATE,
-    rate_window: float = RATE_WINDOW,
-    deadline: float | None = None,
-    limits: Limits = DEFAULT_LIMITS,
+    options: DownloadOptions = DownloadOptions(),
     session: aiohttp.ClientSession | None = None,
 ) -> DownloadReport:
     """:func:`download` as a coroutine.
@@ -258,9 +246,9 @@ async def download_async(
     from :func:`pypds.net.xrpc.new_session` with ``config.address_policy()``
     checks resolved addresses too.
     """
-    if concurrency < 1:
-        raise InvalidInput(f"concurrency must be at least 1: {concurrency}")
-    pace = Pace.within(deadline, min_rate=min_rate, window=rate_window)
+    if options.concurrency < 1:
+        raise InvalidInput(f"concurrency must be at least 1: {options.concurrency}")
+    pace = Pace.within(options.deadline, min_rate=options.min_rate, window=options.rate_window)
     config = config or ResolverConfig()
     target = Path(path)
     if target.exists() and not target.is_dir():
@@ -273,12 +261,12 @@ async def download_async(
         job = _Download(
             identity,
             target,
-            XrpcClient(session, identity.pds, retries=retries, backoff=backoff, pace=pace),
+            XrpcClient(session, identity.pds, retries=options.retries, backoff=options.backoff, pace=pace),
             progress=progress or _no_progress,
-            concurrency=concurrency,
-            max_car_bytes=max_car_bytes,
-            max_blob_bytes=max_blob_bytes,
-            limits=limits,
+            concurrency=options.concurrency,
+            max_car_bytes=options.max_car_bytes,
+            max_blob_bytes=options.max_blob_bytes,
+            limits=options.limits,
         )
         return await job.run(blobs=blobs, since=since)
     raise AssertionError("unreachable")

@@ -113,7 +113,7 @@ class PushReport:
     account: str
     handle: str | None
     head: CID
-    rev: str
+    rev: str | None  # None for a version 2 commit
     car_bytes: int
     pds_head: CID | None = None
     blobs_missing: int = 0

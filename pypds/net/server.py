@@ -531,7 +531,8 @@ class _ConnectionGuard(asyncio.Protocol):
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self.inner.eof_received()
+        self.inner.eof_received()  # aiohttp's handler closes the transport itself
+        return None
 
     def pause_writing(self) -> None:
         self._write_timer = self._arm(self._write_timer, self._timeouts.idle)

@@ -52,7 +52,6 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from ..version import __version__
 from ..errors import (
     AddressRefused,
     DeadlineExceeded,
@@ -64,6 +63,7 @@ from ..errors import (
     TransferTooSlow,
     shown,
 )
+from ..version import __version__
 
 __all__ = [
     "CAR_MIME",
@@ -507,9 +507,12 @@ class XrpcClient:
         """One GET of ``method``; yields the response once its status is 2xx (else raises RemoteError)."""
         if self.pace is not None:
             timeout = self.pace.timeout(timeout or self.session.timeout)
-        extra = {} if timeout is None else {"timeout": timeout}
         async with self.session.get(
-            self.url(method), params=params, headers=self.headers, allow_redirects=False, **extra
+            self.url(method),
+            params=params,
+            headers=self.headers,
+            allow_redirects=False,
+            timeout=self.session.timeout if timeout is None else timeout,
         ) as response:
             if not 200 <= response.status < 300:
                 raise await remote_error(response, pace=self.pace)

@@ -26,9 +26,8 @@ import io
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import BinaryIO
 
-from ..car.writer import CarWriter, write_car_file
+from ..car.writer import CarWriter, Writable, write_car_file
 from ..codec import cbor
 from ..codec.cid import CID, parse_cid
 from ..commit import decode_commit, rev_key
@@ -46,7 +45,7 @@ __all__ = ["car_blocks", "commit_event", "export_car", "iter_car", "prove"]
 
 
 def export_car(
-    state: RepoState, dest: str | os.PathLike | BinaryIO | None, commit: CID | str | None, since: str | None
+    state: RepoState, dest: str | os.PathLike | Writable | None, commit: CID | str | None, since: str | None
 ) -> bytes | None:
     """See :meth:`pypds.Repo.export_car`."""
     commit_cid = _commit_to_export(state, commit, since)
@@ -103,7 +102,7 @@ def _car_chunks(
             yield chunk
 
 
-def _write_car(state: RepoState, stream: BinaryIO, commit_cid: CID, since: str | None) -> None:
+def _write_car(state: RepoState, stream: Writable, commit_cid: CID, since: str | None) -> None:
     blocks = car_blocks(state, commit_cid, since)
     first = next(blocks)  # fail before writing anything if the commit is absent
     writer = CarWriter(stream, [commit_cid])
@@ -191,7 +190,10 @@ def prove(state: RepoState, collection: str, rkey: str, commit: CID | str | None
     store = state.store
     buffer = io.BytesIO()
     writer = CarWriter(buffer, [commit_cid])
-    writer.write_block(commit_cid, store.get_block(commit_cid))  # type: ignore[arg-type]
+    commit_block = store.get_block(commit_cid)
+    if commit_block is None:
+        raise MissingBlock(f"commit {commit_cid.encode()} is not stored", commit_cid)
+    writer.write_block(commit_cid, commit_block)
     for node, value in proof_path(state.nodes, commit_obj.data, path):
         writer.write_block(node.cid, node.data)
         if value is not None:

@@ -53,8 +53,10 @@ def check_index(report: VerifyReport, index: Iterable[tuple[bytes, CID]], tree: 
 
 
 def _index_difference(row: tuple[bytes, CID] | None, leaf: tuple[bytes, CID] | None) -> str:
-    if row is None or (leaf is not None and leaf[0] < row[0]):
-        return f"lacks {leaf[0].decode('utf-8', 'replace')}, which HEAD's tree holds"  # type: ignore[index]
+    if leaf is not None and (row is None or leaf[0] < row[0]):
+        return f"lacks {leaf[0].decode('utf-8', 'replace')}, which HEAD's tree holds"
+    if row is None:
+        return "differs from HEAD's tree"  # not reached: zip_longest never gives two Nones
     if leaf is None or row[0] < leaf[0]:
         return f"holds {row[0].decode('utf-8', 'replace')}, which HEAD's tree does not"
     return f"has the wrong CID for {row[0].decode('utf-8', 'replace')}"

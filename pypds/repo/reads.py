@@ -28,8 +28,8 @@ def find_bytes(state: RepoState, collection: str, rkey: str) -> bytes | None:
     if found is None:
         return None
     cid, same, data = found
-    if same:
-        return cached.data  # type: ignore[union-attr]
+    if same and cached is not None:
+        return cached.data
     if data is None:
         raise MissingBlock(f"record block {CID(cid).encode()} for {path.decode()} is missing", CID(cid))
     state.records.put(collection, rkey, CachedRecord(path, cid, data))

@@ -22,9 +22,10 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 from ..car.reader import CarSource
+from ..car.writer import Writable
 from ..codec import cbor
 from ..codec.cid import CID, parse_cid
 from ..commit import Commit
@@ -483,7 +484,7 @@ class Repo:
     @_public
     def export_car(
         self,
-        dest: str | os.PathLike | BinaryIO | None = None,
+        dest: str | os.PathLike | Writable | None = None,
         *,
         commit: CID | str | None = None,
         since: str | None = None,

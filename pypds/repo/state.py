@@ -62,7 +62,7 @@ class RepoState:
         self.key_verdict: tuple[bytes, bool] = (b"", False)
         self.did = store.did()
         clock_id = store.get_meta("clock_id")
-        self.clock = TidClock(clock_id=None if clock_id is None else int(clock_id))  # type: ignore[call-overload]
+        self.clock = TidClock(clock_id=clock_id if isinstance(clock_id, int) else None)
         self.head: CID = CID(b"")
         self.rev = ""  # "" for a version 2 commit
         self.root: Node = empty_node()

@@ -73,7 +73,7 @@ def commit_ops(state: RepoState, ops: list[WriteOp]) -> CID:
         check_key_for_write(state, key)
         root, height = _apply_ops(state, ops)
         built = _sign(state, root, height, key)
-        records = ((CID(cid), data) for _key, cid, data in ops if cid is not None)  # repeats stored once
+        records = ((CID(cid), data) for _key, cid, data in ops if cid is not None and data is not None)
         _write(state, built, records)
         update_index(state, built.cid, root, _effects(ops))
     adopt(state, built)

@@ -148,14 +148,19 @@ def is_unfinished_create(directory: Path) -> bool:
     try:
         conn.set_busy_timeout(0)
         conn.execute("BEGIN IMMEDIATE")  # a live creator holds this lock
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        version = _first(conn, "PRAGMA user_version")
+        tables = _first(conn, "SELECT count(*) FROM sqlite_master")
         conn.execute("ROLLBACK")
         return version == 0 and tables == 0
     except apsw.Error:
         return False
     finally:
         conn.close()
+
+
+def _first(conn: apsw.Connection, sql: str) -> object:
+    row = conn.execute(sql).fetchone()
+    return None if row is None else row[0]
 
 
 def _discard_unfinished_create(path: Path) -> bool:
@@ -242,7 +247,7 @@ class Store:
         conn.set_busy_timeout(int(busy_timeout * 1000))  # before the first read: a closing peer may lock briefly
         store = cls(conn, path)
         try:
-            version = store._scalar("PRAGMA user_version")
+            version = store._int("PRAGMA user_version")
         except apsw.BusyError:
             conn.close()
             raise RepoBusy(f"{path}: database stayed locked for {busy_timeout:g} s while opening") from None
@@ -305,7 +310,7 @@ class Store:
     def _migrate(self) -> None:
         """Bring an older store up to SCHEMA_VERSION, in one transaction."""
         with self.transaction():
-            version = int(self._scalar("PRAGMA user_version"))  # type: ignore[arg-type]
+            version = self._int("PRAGMA user_version")
             while version < SCHEMA_VERSION:  # another process may have migrated meanwhile
                 self.conn.execute(_MIGRATIONS[version])
                 version += 1
@@ -326,6 +331,13 @@ class Store:
     def _scalar(self, sql: str, params: tuple = ()) -> object:
         rows = self._rows(sql, params)
         return rows[0][0] if rows else None
+
+    def _int(self, sql: str, params: tuple = ()) -> int:
+        """A query's single integer answer (a pragma, a count)."""
+        value = self._scalar(sql, params)
+        if type(value) is not int:
+            raise StoreDamaged(f"{self.path} is damaged: {sql!r} answered {type(value).__name__}, not an integer")
+        return value
 
     def _rows(self, sql: str, params: tuple = ()) -> list[tuple]:
         """Every row of a query; TEXT that is not UTF-8 (a value SQLite cannot hand out) raises StoreDamaged."""
@@ -384,7 +396,7 @@ class Store:
 
     def data_version(self) -> int:
         """Changes whenever another connection commits to the database."""
-        return int(self._scalar("PRAGMA data_version"))  # type: ignore[arg-type]
+        return self._int("PRAGMA data_version")
 
     # -- blocks ------------------------------------------------------------
 
@@ -404,7 +416,8 @@ class Store:
 
     def block_rev(self, cid: CID) -> str | None:
         """The rev of the commit that first stored this block, or None if absent."""
-        return self._scalar("SELECT rev FROM blocks WHERE cid = ?", (cid.cid_bytes,))  # type: ignore[return-value]
+        rev = self._scalar("SELECT rev FROM blocks WHERE cid = ?", (cid.cid_bytes,))
+        return rev if type(rev) is str else None
 
     def has_block(self, cid: CID) -> bool:
         return self.conn.execute("SELECT 1 FROM blocks WHERE cid = ?", (cid.cid_bytes,)).fetchone() is not None
@@ -434,13 +447,14 @@ class Store:
         self.conn.execute("DELETE FROM temp.gc_keep")
         self.conn.executemany("INSERT INTO temp.gc_keep (cid) VALUES (?)", ((cid,) for cid in keep))
         doomed = "FROM blocks WHERE cid NOT IN (SELECT cid FROM temp.gc_keep)"
-        count, size = self.conn.execute(f"SELECT count(*), coalesce(sum(length(data)), 0) {doomed}").fetchone()
+        count = self._int(f"SELECT count(*) {doomed}")
+        size = self._int(f"SELECT coalesce(sum(length(data)), 0) {doomed}")
         self.conn.execute(f"DELETE {doomed}")
         self.conn.execute("DELETE FROM temp.gc_keep")
-        return int(count), int(size)
+        return count, size
 
     def count_blocks(self) -> int:
-        return int(self._scalar("SELECT count(*) FROM blocks"))  # type: ignore[arg-type]
+        return self._int("SELECT count(*) FROM blocks")
 
     # -- meta --------------------------------------------------------------
 
@@ -458,8 +472,10 @@ class Store:
         value = self.get_meta(key)
         if value is None:
             return None
+        if type(value) is not bytes:
+            raise StoreDamaged(f"{self.path} is damaged: meta {key!r} holds {type(value).__name__}, not CID bytes")
         try:
-            check_cid_bytes(value, allow_raw=False)  # type: ignore[arg-type]
+            check_cid_bytes(value, allow_raw=False)
         except InvalidCid as exc:
             raise StoreDamaged(f"{self.path} is damaged: meta {key!r} is not a commit CID: {exc}") from None
         return CID(value)
@@ -474,9 +490,9 @@ class Store:
     def did(self) -> str:
         """The repository's DID; StoreDamaged if it is missing."""
         did = self.get_meta("did")
-        if did is None:
+        if type(did) is not str:
             raise StoreDamaged(f"{self.path} is damaged: it records no DID")
-        return did  # type: ignore[return-value]
+        return did
 
     def set_meta(self, key: str, value: object) -> None:
         self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))

@@ -24,22 +24,13 @@ from ..errors import InvalidCommitMessage, MissingBlock, RecordNotFound, shown
 from ..keys import PublicKey, SigningKey, load_public_key
 from ..limits import DEFAULT_LIMITS, Limits
 from ..mst.edit import delete_untrimmed, put
-from ..mst.node import Link, Node, NodeSource, empty_node, key_height, resolve
+from ..mst.node import Link, Node, NodeSource, empty_node, key_height, link_cid, resolve
 from ..mst.nodestore import NodeStore
 from ..mst.tree import iter_range, lookup
-from ..operation import Action, RecordChange
+from ..operation import CommitOp, RecordChange
 from .proof import proof_path
 
 __all__ = ["CommitEvent", "CommitOp", "VerifiedCommit", "covering_proof", "proof_nodes", "verify_commit_message"]
-
-
-class CommitOp(TypedDict, total=False):
-    """One op of a ``#commit`` message (see :meth:`pypds.operation.RecordChange.to_op`)."""
-
-    action: Action
-    path: str
-    cid: CID | None
-    prev: CID  # absent for a create (and in messages before sync 1.1)
 
 
 class CommitEvent(TypedDict):
@@ -58,7 +49,7 @@ class CommitEvent(TypedDict):
     time: str
 
 
-def covering_proof(source: NodeSource, root: Link, keys: Iterable[bytes]) -> dict[bytes, Node]:
+def covering_proof(source: NodeSource, root: CID, keys: Iterable[bytes]) -> dict[bytes, Node]:
     """The nodes of the tree at ``root`` a consumer needs to undo changes to ``keys``.
 
     For each key: the lookup path to the key itself, and the lookup paths to
@@ -72,7 +63,7 @@ def covering_proof(source: NodeSource, root: Link, keys: Iterable[bytes]) -> dic
         above = next(iter_range(source, root, key + b"\x00", None), None)
         targets.extend(found[0] for found in (below, above) if found is not None)
         for target in targets:
-            for node, _value in proof_path(source, root, target):  # type: ignore[arg-type]
+            for node, _value in proof_path(source, root, target):
                 nodes.setdefault(node.cid.cid_bytes, node)
     return nodes
 
@@ -208,7 +199,8 @@ def _undo(tree: NodeStore, root_cid: CID, ops: list[RecordChange]) -> CID:
                 root, height = put(tree, node, height, path, op.old)
         except RecordNotFound:
             raise InvalidCommitMessage(f"undoing create {op.path}: the key is not in the tree") from None
-    return root if type(root) is CID else root.cid  # type: ignore[union-attr,return-value]
+    cid = link_cid(root)
+    return empty_node().cid if cid is None else cid
 
 
 def _trim_partial(tree: NodeStore, node: Node | None, height: int) -> tuple[Link, int]:
