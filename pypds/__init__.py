@@ -85,6 +85,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from .downloader import BlobFailure, DownloadReport, download, download_async
     from .identity import Identity, ResolverConfig, resolve, resolve_async
+    from .identity_server import IdentityOptions
     from .pusher import NewAccount, PushReport, push, push_async
     from .server import make_app, serve
 
@@ -98,6 +99,7 @@ _LAZY = {
     "resolve_async": "identity",
     "Identity": "identity",
     "ResolverConfig": "identity",
+    "IdentityOptions": "identity_server",
     "push": "pusher",
     "push_async": "pusher",
     "PushReport": "pusher",
@@ -198,6 +200,7 @@ __all__ = [
     "DownloadReport",
     "HandleMismatch",
     "Identity",
+    "IdentityOptions",
     "InvalidHandle",
     "ListingTooLong",
     "NetworkError",
