@@ -297,11 +297,12 @@ def download_cmd(
     status 1): that is `pypds head --set` or `pypds import`, on purpose.
 
     \b
-    Examples:
+    Examples (the last one on one machine, from `pypds serve ./alice --identity
+    --handle alice.test=./alice --port 2583`):
       pypds download alice.bsky.social -o ./alice --blobs
       pypds download did:plc:ewvi7nxzyoun6zhxrhs64oiz -o ./alice --since --blobs
-      pypds download alice.test -o ./alice --plc-url http://127.0.0.1:2582 \\
-          --dns 127.0.0.1:5353 --web-base http://127.0.0.1:8080 --allow-private-network
+      pypds download alice.test -o ./alice-copy --plc-url http://127.0.0.1:2583 \\
+          --web-base http://127.0.0.1:2583 --allow-private-network
     """
     from ..downloader import download
     from ..identity import ResolverConfig
@@ -458,8 +459,8 @@ def push_cmd(
     1 for a DID mismatch). Blobs that fail are listed, and a rerun sends only what is missing.
 
     \b
-    Examples:
-      pypds push ./alice --pds https://pds.example.com --password xxxx-xxxx-xxxx-xxxx
+    Examples (APP_PASSWORD: your app password; or set PYPDS_PASSWORD):
+      pypds push ./alice --pds https://pds.example.com --password "$APP_PASSWORD"
       pypds push ./alice --pds http://127.0.0.1:2583 --create-account \\
           --handle alice.test --email alice@example.com
     """
