@@ -34,6 +34,7 @@ Tricky bits:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ from .identity import check_handle
 from .repo import Repo
 
 __all__ = ["IDENTITY", "IdentityOptions", "IdentityService", "did_document", "mount_identity"]
+
+log = logging.getLogger("pypds.identity_server")
 
 #: Host values that listen on every interface: not an address clients can be sent to.
 WILDCARD_HOSTS = frozenset({None, "", "0.0.0.0", "::"})
@@ -108,25 +111,30 @@ class IdentityService:
         if self.public_url is None:
             self.public_url = check_public_url(url)
 
-    def document(self, did: str) -> dict[str, Any]:
-        """The DID document of a served repository."""
-        if self.public_url is None:
-            raise InvalidInput("the server's public URL is not known: give IdentityOptions(public_url=...)")
+    def document(self, did: str, public_url: str) -> dict[str, Any]:
+        """The DID document of a served repository, with ``public_url`` as its PDS."""
         repo = self.repos[did]
         handles = sorted(handle for handle, owner in self.handles.items() if owner == did)
-        return did_document(did, repo.did_key or "", self.public_url, handles)
+        return did_document(did, repo.did_key or "", public_url, handles)
 
     async def plc_document(self, request: web.Request) -> web.Response:
         did = request.match_info["did"]
         if did not in self.repos:
             return _not_found(f"DID not registered here: {shown(did)}")
-        return web.json_response(self.document(did))
+        return self._document_response(did)
 
     async def web_document(self, request: web.Request) -> web.Response:
         did = self._web_hosts.get(request.host.lower())
         if did is None:
             return _not_found(f"no did:web served here for host {shown(request.host)}")
-        return web.json_response(self.document(did))
+        return self._document_response(did)
+
+    def _document_response(self, did: str) -> web.Response:
+        if self.public_url is None:  # run by aiohttp's own runner, which does not tell where it listens
+            message = "this server's public URL is not known: give IdentityOptions(public_url=...)"
+            log.error("DID document of %s: %s", did, message)
+            return web.json_response({"error": "InternalServerError", "message": message}, status=500)
+        return web.json_response(self.document(did, self.public_url))
 
     async def handle_did(self, request: web.Request) -> web.Response:
         did = self.handles.get(_host_name(request.host))

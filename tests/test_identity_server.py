@@ -20,7 +20,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from pypds import (
     IdentityOptions,
@@ -212,6 +214,25 @@ def test_a_handle_given_twice_is_refused(alice):
 def test_bad_public_urls_are_refused(url):
     with pytest.raises(InvalidInput):
         check_public_url(url)
+
+
+def test_without_start_server_and_a_public_url_documents_are_a_clear_server_error(alice):
+    """aiohttp's own runner does not say where it listens, so there is no PDS URL to publish."""
+
+    async def ask() -> tuple[int, dict]:
+        runner = web.AppRunner(make_app([alice], identity=IdentityOptions()))
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/{DID}") as answer:
+                return answer.status, await answer.json()
+        finally:
+            await runner.cleanup()
+
+    status, body = asyncio.run(ask())
+    assert status == 500 and "public URL is not known" in body["message"]
 
 
 def test_a_wildcard_address_without_a_public_url_is_refused_before_listening(alice):
