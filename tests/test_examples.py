@@ -1,9 +1,8 @@
 """The scripts in ``examples/`` run as their docstrings say, each as a user would run it (a subprocess).
 
-``backup.py`` downloads from a loopback ``pypds serve --identity`` stand-in
-(the server app with identity endpoints, DNS pointed at a stub that never
-answers); ``embed.py`` is driven over HTTP; ``migrate.py`` and
-``quickstart.py`` work on local directories.
+``backup.py`` downloads from ``pypds serve --identity`` on loopback (DNS
+pointed at a stub that never answers); ``embed.py`` is driven over HTTP;
+``migrate.py`` and ``quickstart.py`` work on local directories.
 """
 
 from __future__ import annotations
@@ -20,11 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from pypds import CID, IdentityOptions, Repo, verify_car
-from pypds.server import make_app
+from pypds import CID, Repo, verify_car
 
 from .conftest import DID, POST, post
-from .netstubs import DnsStub, ServerThread
+from .netstubs import DnsStub
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -56,17 +54,28 @@ def image_post(repo: Repo, rkey: str, data: bytes) -> CID:
 
 @pytest.fixture
 def served(tmp_path):
-    """alice.test: a repository with a blob, served with its identity; lookups point at it."""
+    """alice.test: a repository with a blob, served by `pypds serve --identity`; lookups point at it."""
     source = tmp_path / "alice"
     with Repo.create(source, DID) as repo:
         for i in range(5):
             repo.put(POST, f"3jui7kd54zh{i}a", post(i))
         image_post(repo, "3jui7kd54zz2a", b"first image " * 100)
-    app = make_app([source], identity=IdentityOptions(handles={"alice.test": source}))
-    with ServerThread(app) as server, DnsStub() as dns:
-        dns.drop = True  # backup must not wait for a DNS answer that never comes
-        options = ["--plc-url", server.url, "--web-base", server.url, "--allow-private-network"]
-        yield source, options, {"PYPDS_DNS": dns.address}, dns
+    command = [sys.executable, "-m", "pypds.cli", "serve", str(source), "--identity", "--port", "0"]
+    server = subprocess.Popen(
+        [*command, "--handle", f"alice.test={source}"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        url = re.search(r" at (http://127\.0\.0\.1:\d+) ", server.stderr.readline()).group(1)
+        with DnsStub() as dns:
+            dns.drop = True  # backup must not wait for a DNS answer that never comes
+            options = ["--plc-url", url, "--web-base", url, "--allow-private-network"]
+            yield source, options, {"PYPDS_DNS": dns.address}, dns
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(10)
 
 
 def test_backup_downloads_keeps_current_and_verifies(served, tmp_path):
