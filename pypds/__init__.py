@@ -80,7 +80,7 @@ from .mst.nodestore import NodeStore
 from .net.service_auth import service_auth_token
 from .operation import RecordChange
 from .repo.repo import Batch, BlockStore, GcReport, Repo
-from .storage.blobs import BlobRef
+from .storage.blobs import BlobRef, blob_refs
 from .sync.firehose import CommitEvent, VerifiedCommit, verify_commit_message
 from .sync.proof import verify_proof
 from .sync.verify import Check, Outcome, VerifyReport, verify_car
@@ -89,6 +89,7 @@ from .version import __version__
 if TYPE_CHECKING:
     from .net.downloader import BlobFailure, DownloadOptions, DownloadReport, download, download_async
     from .net.identity import Identity, ResolverConfig, resolve, resolve_async
+    from .net.identity_server import IdentityOptions
     from .net.pusher import NewAccount, PushReport, push, push_async
     from .net.server import make_app, serve
 
@@ -103,6 +104,7 @@ _LAZY = {
     "resolve_async": "net.identity",
     "Identity": "net.identity",
     "ResolverConfig": "net.identity",
+    "IdentityOptions": "net.identity_server",
     "push": "net.pusher",
     "push_async": "net.pusher",
     "PushReport": "net.pusher",
@@ -130,6 +132,7 @@ __all__ = [
     "AddressRefused",
     "BadSignature",
     "Batch",
+    "blob_refs",
     "BlobFailure",
     "BlobRef",
     "BlockHashMismatch",
@@ -158,6 +161,7 @@ __all__ = [
     "generate_signing_key",
     "HandleMismatch",
     "Identity",
+    "IdentityOptions",
     "IntegrityError",
     "InvalidCbor",
     "InvalidCid",

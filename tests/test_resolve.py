@@ -8,9 +8,12 @@ key. Every malformed, missing or unreachable answer is a typed error.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
+from aiohttp.web import Request, Response
 
 from pypds import (
     HandleMismatch,
@@ -85,10 +88,69 @@ def test_dns_and_well_known_agreeing_is_fine(web, dns_stub):
     assert resolve(HANDLE, config=config(web, dns_stub)).did == DID
 
 
-def test_dns_and_well_known_disagreeing_is_an_error(web, dns_stub):
+def slow_answer(text: str, delay: float, seen: dict[str, bool]) -> Callable[[Request], Awaitable[Response]]:
+    """A stub answer that waits ``delay`` seconds first; ``seen`` records whether it started and was cut."""
+
+    async def answer(_request: Request) -> Response:
+        seen["started"] = True
+        try:
+            await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            seen["cancelled"] = True
+            raise
+        return Response(text=text)
+
+    return answer
+
+
+def test_when_dns_and_well_known_disagree_the_first_answer_wins(web, dns_stub):
     dns_stub.records[f"_atproto.{HANDLE}"] = [f"did={DID}"]
+    web.handles[HANDLE] = slow_answer(OTHER_DID, 1.0, {})
+    assert resolve(HANDLE, config=config(web, dns_stub)).did == DID
+
+
+def test_the_first_answer_must_still_be_claimed_by_its_did_document(web, dns_stub):
+    """A quick answer naming another account loses to nothing: that account's document does not
+    claim the handle, and a slower correct answer is not waited for."""
+    dns_stub.records[f"_atproto.{HANDLE}"] = [f"did={DID}"]
+    dns_stub.drop = True  # the DNS answer that would be right never comes
     web.handles[HANDLE] = OTHER_DID
-    with pytest.raises(ResolveError, match="different DIDs"):
+    web.plc[OTHER_DID] = did_document(OTHER_DID, key=KEY.public_key, pds=PDS, handle="mallory.test")
+    with pytest.raises(HandleMismatch, match=r"points to did:plc:ewvi7nxzyoun6zhxrhs64oiz.*mallory\.test"):
+        resolve(HANDLE, config=config(web, dns_stub))
+
+
+def test_a_dns_server_that_never_answers_does_not_delay_the_well_known_answer(web, dns_stub):
+    dns_stub.drop = True
+    web.handles[HANDLE] = DID
+    started = time.monotonic()
+    assert resolve(HANDLE, config=config(web, dns_stub, timeout=10.0)).did == DID
+    assert time.monotonic() - started < 2.0  # not the 10 s DNS timeout
+
+
+def test_a_slow_well_known_does_not_delay_a_dns_answer_and_is_cancelled(web, dns_stub):
+    dns_stub.records[f"_atproto.{HANDLE}"] = [f"did={DID}"]
+    seen: dict[str, bool] = {}
+    web.handles[HANDLE] = slow_answer(DID, 10.0, seen)
+    started = time.monotonic()
+    assert resolve(HANDLE, config=config(web, dns_stub, timeout=20.0)).did == DID
+    assert time.monotonic() - started < 2.0
+    deadline = time.monotonic() + 5
+    while not seen.get("cancelled") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen == {"started": True, "cancelled": True}, "the well-known request was left running"
+
+
+def test_a_lookup_that_fails_at_once_waits_for_the_other(web, dns_stub):
+    web.handles[HANDLE] = slow_answer(DID, 0.3, {})  # DNS answers NXDOMAIN long before
+    assert resolve(HANDLE, config=config(web, dns_stub)).did == DID
+    assert f"_atproto.{HANDLE}" in dns_stub.queries
+
+
+def test_when_both_lookups_fail_both_reasons_are_given(web, dns_stub):
+    dns_stub.records[f"_atproto.{HANDLE}"] = ["did=not-a-did"]
+    web.handles[HANDLE] = 500
+    with pytest.raises(ResolveError, match=r"DNS TXT _atproto\.alice\.test: .*invalid DID.*atproto-did: .*HTTP 500"):
         resolve(HANDLE, config=config(web, dns_stub))
 
 
@@ -128,14 +190,6 @@ def test_handle_not_claimed_by_the_did_document_is_a_mismatch(web, dns_stub):
     web.plc[DID] = did_document(DID, key=KEY.public_key, pds=PDS, handle="mallory.test")
     with pytest.raises(HandleMismatch, match=r"does not claim at://alice\.test"):
         resolve(HANDLE, config=config(web, dns_stub))
-
-
-def test_silent_dns_server_times_out_and_well_known_still_answers(web, dns_stub):
-    dns_stub.drop = True
-    web.handles[HANDLE] = DID
-    started = time.monotonic()
-    assert resolve(HANDLE, config=config(web, dns_stub, timeout=0.3)).did == DID
-    assert time.monotonic() - started < 3
 
 
 def test_silent_dns_server_alone_is_a_timeout_error(web, dns_stub):
@@ -320,6 +374,16 @@ def test_plc_url_defaults_to_the_environment(monkeypatch):
     assert ResolverConfig().plc_url == "http://127.0.0.1:9"
     monkeypatch.delenv("PYPDS_PLC_URL")
     assert ResolverConfig().plc_url == DEFAULT_PLC_URL
+
+
+def test_dns_servers_default_to_the_environment(monkeypatch):
+    monkeypatch.setenv("PYPDS_DNS", " 127.0.0.1:5353  [::1]:53 ")
+    assert ResolverConfig().nameservers == ("127.0.0.1:5353", "[::1]:53")
+    monkeypatch.setenv("PYPDS_DNS", "dns.example.com")
+    with pytest.raises(InvalidInput, match="not an IP address"):
+        ResolverConfig()
+    monkeypatch.delenv("PYPDS_DNS")
+    assert ResolverConfig().nameservers == ()
 
 
 def test_web_base_forms():

@@ -47,6 +47,17 @@ def _http_url(value: str | None, option: str) -> str | None:
 # -- serve -----------------------------------------------------------------------------------
 
 
+def _handle_pair(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    """``HANDLE=PATH`` (or ``HANDLE=DID``) options as a dict."""
+    pairs: dict[str, str] = {}
+    for value in values:
+        handle, sep, target = value.partition("=")
+        if not sep or not handle or not target:
+            raise click.BadParameter(f"expected HANDLE=PATH, got {value!r}", param_hint="'--handle'")
+        pairs[handle] = target
+    return pairs
+
+
 @click.command("serve", short_help="Serve repositories over the atproto sync API.")
 @click.argument("paths", nargs=-1, required=True, metavar="PATH [PATH ...]")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
@@ -56,6 +67,27 @@ def _http_url(value: str | None, option: str) -> str | None:
     default=2583,
     show_default=True,
     help="Port to listen on (0: any free port, printed at start).",
+)
+@click.option(
+    "--identity",
+    is_flag=True,
+    help="Also act as the identity side: DID documents at /<did> (PLC-directory style) and "
+    "/.well-known/did.json, built from each repository's DID and key and this server's URL.",
+)
+@click.option(
+    "--handle",
+    "handles",
+    multiple=True,
+    metavar="HANDLE=PATH",
+    callback=_handle_pair,
+    help="Answer /.well-known/atproto-did for HANDLE (the Host header) with the DID of the served "
+    "repository PATH (or a DID), and list the handle in its document; repeatable; implies --identity.",
+)
+@click.option(
+    "--public-url",
+    metavar="URL",
+    help="This server's URL as clients reach it, the PDS endpoint of the DID documents "
+    "(default: http://HOST:PORT it listens on).",
 )
 @click.option(
     "--header-timeout",
@@ -73,7 +105,16 @@ def _http_url(value: str | None, option: str) -> str | None:
     metavar="SECONDS",
     help="Cut a connection with no request in progress that sends nothing, or does not read, this long.",
 )
-def serve_cmd(paths: tuple[str, ...], host: str, port: int, header_timeout: float, idle_timeout: float) -> None:
+def serve_cmd(
+    paths: tuple[str, ...],
+    host: str,
+    port: int,
+    identity: bool,
+    handles: dict[str, str],
+    public_url: str | None,
+    header_timeout: float,
+    idle_timeout: float,
+) -> None:
     """Serve repositories read-only over XRPC (com.atproto.sync.*) until Ctrl-C.
 
     Answers getRepo (with since), getBlocks, getRecord, getLatestCommit,
@@ -82,23 +123,54 @@ def serve_cmd(paths: tuple[str, ...], host: str, port: int, header_timeout: floa
     address is printed on stderr once the server listens. SIGINT or SIGTERM
     stops it within 2 seconds.
 
+    With --identity the server is also the PLC directory and handle host
+    of the repositories it serves, so `pypds download` works on one
+    machine: point its --plc-url and --web-base at this server. Each
+    repository must hold its signing key (the document names it).
+
     \b
-    Example:
+    Examples:
       pypds serve ./alice ./bob --port 2583
       curl 'http://127.0.0.1:2583/xrpc/com.atproto.sync.listRepos'
+      pypds serve ./alice --identity --handle alice.test=./alice --port 2583
+      pypds download alice.test -o ./alice-copy --plc-url http://127.0.0.1:2583 \\
+          --web-base http://127.0.0.1:2583 --allow-private-network
     """
     for path in paths:
         if not Path(path).is_dir():
             raise InputError(f"{path} is not a repository directory")
         if not (Path(path) / "pds.db").exists():
             raise InputError(f"no repository at {path}")
+    from ..net.identity_server import IdentityOptions
     from ..net.server import serve
+
+    options = None
+    if identity or handles or public_url is not None:
+        options = IdentityOptions(handles, _http_url(public_url, "--public-url"))
 
     def ready(url: str, dids: list[str]) -> None:
         count = f"{len(dids)} repositor{'y' if len(dids) == 1 else 'ies'}"
         click.echo(f"serving {count} at {url} ({', '.join(dids)}); Ctrl-C to stop", err=True)
+        if options is not None:
+            _print_identity_hint(url, handles, dids)
 
-    serve(list(paths), host, port, header_timeout=header_timeout, idle_timeout=idle_timeout, on_ready=ready)
+    serve(
+        list(paths),
+        host,
+        port,
+        header_timeout=header_timeout,
+        idle_timeout=idle_timeout,
+        identity=options,
+        on_ready=ready,
+    )
+
+
+def _print_identity_hint(url: str, handles: dict[str, str], dids: list[str]) -> None:
+    """Tell how to download from this server: the options that point every lookup at it."""
+    named = f", handles {', '.join(sorted(handles))}" if handles else ""
+    click.echo(f"identity: DID documents at {url}/<did>{named}; download with", err=True)
+    example = min(handles) if handles else dids[0]
+    click.echo(f"  pypds download {example} -o COPY --plc-url {url} --web-base {url} --allow-private-network", err=True)
 
 
 # -- download ----------------------------------------------------------------------------------
@@ -142,6 +214,8 @@ class SizeType(click.ParamType):
     "nameservers",
     multiple=True,
     metavar="HOST[:PORT]",
+    envvar="PYPDS_DNS",
+    show_envvar=True,
     help="DNS server for the _atproto.<handle> TXT lookup; repeatable (default: the system resolver).",
 )
 @click.option(
@@ -223,11 +297,12 @@ def download_cmd(
     status 1): that is `pypds head --set` or `pypds import`, on purpose.
 
     \b
-    Examples:
+    Examples (the last one on one machine, from `pypds serve ./alice --identity
+    --handle alice.test=./alice --port 2583`):
       pypds download alice.bsky.social -o ./alice --blobs
       pypds download did:plc:ewvi7nxzyoun6zhxrhs64oiz -o ./alice --since --blobs
-      pypds download alice.test -o ./alice --plc-url http://127.0.0.1:2582 \\
-          --dns 127.0.0.1:5353 --web-base http://127.0.0.1:8080 --allow-private-network
+      pypds download alice.test -o ./alice-copy --plc-url http://127.0.0.1:2583 \\
+          --web-base http://127.0.0.1:2583 --allow-private-network
     """
     from ..net.downloader import DownloadOptions, download
     from ..net.identity import ResolverConfig
@@ -384,8 +459,8 @@ def push_cmd(
     1 for a DID mismatch). Blobs that fail are listed, and a rerun sends only what is missing.
 
     \b
-    Examples:
-      pypds push ./alice --pds https://pds.example.com --password xxxx-xxxx-xxxx-xxxx
+    Examples (APP_PASSWORD: your app password; or set PYPDS_PASSWORD):
+      pypds push ./alice --pds https://pds.example.com --password "$APP_PASSWORD"
       pypds push ./alice --pds http://127.0.0.1:2583 --create-account \\
           --handle alice.test --email alice@example.com
     """

@@ -188,8 +188,8 @@ def inspect_cmd(src: str, key: PublicKey | None, as_json: bool, quiet: bool) -> 
     Exit status 1 when --key is given and the signature does not verify.
 
     \b
-    Example:
-      pypds inspect alice.car --key did:key:zQ3shokFTS3brHcDQrn82RUDfCZESWL1ZdCEJwekUDPQiYBme
+    Example (with your account's did:key, as `pypds init` printed it):
+      pypds inspect alice.car --key did:key:zQ3shuTJkPHbJ6cab2bVBvqcf5vADT7UEfs8h5A2XJdzqXk1U
     """
     with open_source(src, Progress.create(quiet)) as source:
         info = _inspect(source, key)
@@ -567,8 +567,9 @@ def verify_cmd(src: str, did: str | None, key: PublicKey | None, as_json: bool, 
     blob files. Checks that need --did or --key are skipped without them.
 
     \b
-    Example:
-      pypds verify alice.car --did did:plc:ewvi7nxzyoun6zhxrhs64oiz --key did:key:zQ3sh...
+    Example (with your account's did:key, as `pypds init` printed it):
+      pypds verify alice.car --did did:plc:ewvi7nxzyoun6zhxrhs64oiz \\
+          --key did:key:zQ3shuTJkPHbJ6cab2bVBvqcf5vADT7UEfs8h5A2XJdzqXk1U
     """
     progress = Progress.create(quiet)
     if src != "-" and Path(src).is_dir():

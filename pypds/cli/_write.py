@@ -84,9 +84,9 @@ def init_cmd(
     printed: only its did:key.
 
     \b
-    Examples:
+    Examples (bob.key: your own key, 64 hex characters, in a file only you can read):
       pypds init ./alice --did did:plc:ewvi7nxzyoun6zhxrhs64oiz --key p256
-      pypds init ./alice --did did:plc:ewvi7nxzyoun6zhxrhs64oiz --signing-key-file alice.key
+      pypds init ./bob --did did:plc:w4xbfzo7kqfes5zb7r6qv3rw --signing-key-file bob.key
     """
     key: SigningKey | None
     if key_spec in ("k256", "p256"):
@@ -124,8 +124,8 @@ def import_cmd(path: str, car: str, key: PublicKey | None, as_json: bool, quiet:
     repository the CAR must be for the same DID, and HEAD moves to its commit.
 
     \b
-    Example:
-      pypds import ./copy alice.car --key did:key:zQ3shokFTS3brHcDQrn82RUDfCZESWL1ZdCEJwekUDPQiYBme
+    Example (with your account's did:key, as `pypds init` printed it):
+      pypds import ./copy alice.car --key did:key:zQ3shuTJkPHbJ6cab2bVBvqcf5vADT7UEfs8h5A2XJdzqXk1U
     """
     target = Path(path)
     if target.is_file():
@@ -376,7 +376,7 @@ def blob_get_cmd(path: str, cid: CID, output: str | None) -> None:
 
     \b
     Example:
-      pypds blob get ./alice bafkreibme22gw2h7y2h7tg2fhqotaqjucnbc24deqo72b6mkl2egezxhvy -o cat.png
+      pypds blob get ./alice bafkreihl6t3dlil5cdlowrv2nafxafbedgvdeihsfaabua3ngencf3u5fi -o cat.png
     """
     with open_repo(path) as repo:
         data = repo.blob(cid)

@@ -5,7 +5,9 @@ Terminology:
 * A **handle** (``alice.example.com``) is a DNS name. It points at a DID
   through the DNS TXT record ``_atproto.<handle>`` (``did=<DID>``) or the
   HTTPS document ``https://<handle>/.well-known/atproto-did`` (the DID as
-  text). Both are asked; when both answer they must agree.
+  text). Both are asked at once and the first valid answer wins; the other
+  lookup is cancelled, so a DNS server that never answers does not delay a
+  handle its ``.well-known`` resolves (and the other way round).
 * A **DID** names the account for good. Its **DID document** comes from the
   PLC directory (``did:plc``: ``<plc_url>/<DID>``) or from the host itself
   (``did:web``: ``https://<host>/.well-known/did.json``).
@@ -23,7 +25,10 @@ Tricky bits:
   Resolving *from a DID*, the claimed handle is resolved forward (unless
   ``verify_handle=False``) and reported only if it points back at the DID;
   otherwise :attr:`Identity.handle` is None and resolution still succeeds
-  (the DID, not the handle, is what the data is checked against).
+  (the DID, not the handle, is what the data is checked against). This
+  check, not agreement between DNS and HTTPS, is what makes a handle
+  trustworthy: when the two disagree, the first valid answer is taken and
+  its document must claim the handle.
 * Everything fetched is untrusted: bodies are capped (``max_doc_bytes``),
   DIDs are checked for syntax, the document's ``id`` must be the DID asked
   for, the PDS URL must be plain ``http``/``https`` with a host, the key
@@ -45,7 +50,7 @@ import asyncio
 import ipaddress
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -108,6 +113,10 @@ def _default_plc_url() -> str:
     return os.environ.get("PYPDS_PLC_URL") or DEFAULT_PLC_URL
 
 
+def _default_nameservers() -> tuple[str, ...]:
+    return tuple(os.environ.get("PYPDS_DNS", "").split())
+
+
 @dataclass(frozen=True)
 class ResolverConfig:
     """Where and how identities are looked up.
@@ -115,7 +124,8 @@ class ResolverConfig:
     * ``plc_url``: the PLC directory (default ``$PYPDS_PLC_URL`` or
       ``https://plc.directory``).
     * ``nameservers``: DNS servers as ``"ip"`` or ``"ip:port"``
-      (``"[::1]:53"`` for IPv6); empty uses the system resolver.
+      (``"[::1]:53"`` for IPv6); default ``$PYPDS_DNS`` (space-separated);
+      empty uses the system resolver.
     * ``web_base``: how HTTPS lookups for a host (a handle's
       ``/.well-known/atproto-did``, a did:web's ``/.well-known/did.json``)
       are addressed. None means ``https://<host>``. A string is a base URL;
@@ -135,7 +145,7 @@ class ResolverConfig:
     """
 
     plc_url: str = field(default_factory=_default_plc_url)
-    nameservers: tuple[str, ...] = ()
+    nameservers: tuple[str, ...] = field(default_factory=_default_nameservers)
     web_base: WebBase | None = None
     timeout: float = 10.0
     max_doc_bytes: int = MAX_DOC_BYTES
@@ -377,32 +387,30 @@ class _Resolver:
     # -- handle -> DID -------------------------------------------------------------
 
     async def handle_to_did(self, handle: str) -> str:
-        """The DID a handle points to, by DNS and HTTPS together; they must agree when both answer."""
-        lookups = []
+        """The DID a handle points to: DNS and HTTPS are asked at once and the first valid answer
+        wins (the other lookup is cancelled). The caller's check that the DID document claims the
+        handle is what makes the answer trustworthy, so neither source has to wait for the other."""
+        lookups: dict[str, Coroutine[Any, Any, str | None]] = {}
         if self.config.dns:
-            lookups.append(("DNS TXT _atproto." + handle, self.dns_did(handle)))
+            lookups["DNS TXT _atproto." + handle] = self.dns_did(handle)
         if self.config.well_known:
-            lookups.append((self._well_known_url(handle), self.well_known_did(handle)))
+            lookups[self._well_known_url(handle)] = self.well_known_did(handle)
         if not lookups:
             raise ResolveError(f"cannot resolve handle {handle}: both DNS and HTTPS lookups are turned off")
-        results = await asyncio.gather(*(lookup for _name, lookup in lookups), return_exceptions=True)
-        found: dict[str, str] = {}
-        failures: list[str] = []
-        for (name, _lookup), result in zip(lookups, results, strict=True):
-            if isinstance(result, ResolveError):
-                failures.append(f"{name}: {result}")
-            elif isinstance(result, BaseException):
-                raise result
-            elif result is not None:
-                found[name] = result
-            else:
-                failures.append(f"{name}: no DID")
-        if len(set(found.values())) > 1:
-            answers = "; ".join(f"{name} says {did}" for name, did in found.items())
-            raise ResolveError(f"handle {handle} resolves to different DIDs: {answers}")
-        if not found:
-            raise ResolveError(f"handle {handle} did not resolve: {'; '.join(failures)}")
-        return next(iter(found.values()))
+        names = {asyncio.ensure_future(lookup): name for name, lookup in lookups.items()}
+        failures: dict[str, str] = {}
+        try:
+            pending = set(names)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in sorted(done, key=list(names).index):  # answers at the same moment: DNS first
+                    did = _lookup_answer(task, names[task], failures)
+                    if did is not None:
+                        return did
+        finally:
+            await _cancel(names)
+        reasons = "; ".join(failures[name] for name in lookups if name in failures)
+        raise ResolveError(f"handle {handle} did not resolve: {reasons}")
 
     def _well_known_url(self, handle: str) -> str:
         return self.config.web_url(handle, "/.well-known/atproto-did")[0]
@@ -512,6 +520,27 @@ class _Resolver:
             if response.status != 200:
                 return response.status, b"", None
             return 200, await read_capped(response, self.config.max_doc_bytes, "max_doc_bytes"), None
+
+
+def _lookup_answer(task: asyncio.Future[str | None], name: str, failures: dict[str, str]) -> str | None:
+    """The DID a finished handle lookup found, or None after noting why it found none in ``failures``.
+    Anything but a :class:`ResolveError` is a bug or a cancellation and propagates."""
+    try:
+        did = task.result()
+    except ResolveError as exc:
+        failures[name] = f"{name}: {exc}"
+        return None
+    if did is None:
+        failures[name] = f"{name}: no DID"
+    return did
+
+
+async def _cancel(tasks: Iterable[asyncio.Future[Any]]) -> None:
+    """Cancel the lookups still running and wait until they have stopped."""
+    running = [task for task in tasks if not task.done()]
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
 
 
 def _origin(url: str) -> tuple[str, str | None, int | None]:

@@ -73,6 +73,7 @@ from ..errors import BlockHashMismatch, IntegrityError, InvalidInput, LimitExcee
 from ..repo.repo import Repo
 from ..storage.blobs import BlobFile, BlobStore
 from ..syntax import is_valid_did, is_valid_nsid, is_valid_record_key, is_valid_tid
+from .identity_server import IDENTITY, WILDCARD_HOSTS, IdentityOptions, mount_identity
 from .xrpc import (
     BLOB_NOT_FOUND,
     BLOCK_NOT_FOUND,
@@ -134,7 +135,11 @@ def xrpc_error(status: int, error: str, message: str) -> web.Response:
 
 
 def make_app(
-    repos: RepoSource | Iterable[RepoSource], *, chunk_size: int = CHUNK_SIZE, idle_timeout: float = IDLE_TIMEOUT
+    repos: RepoSource | Iterable[RepoSource],
+    *,
+    chunk_size: int = CHUNK_SIZE,
+    idle_timeout: float = IDLE_TIMEOUT,
+    identity: IdentityOptions | None = None,
 ) -> web.Application:
     """An aiohttp application serving ``repos`` (directories or open :class:`Repo` handles) read-only.
 
@@ -145,6 +150,8 @@ def make_app(
     connection that completes no request for that long whatever runs the
     application; the header timeout and write stalls need
     :func:`start_server` (or :func:`serve`), which sees the connections.
+    With ``identity``, the application also answers DID documents and
+    handles for the repositories (:mod:`pypds.identity_server`).
 
     >>> from aiohttp import web
     >>> web.run_app(make_app(["./alice", "./bob"]), host="127.0.0.1", port=2583)  # doctest: +SKIP
@@ -153,6 +160,12 @@ def make_app(
     service = SyncService(_open_repos(repos), chunk_size=chunk_size)
     app = web.Application(handler_args={**HANDLER_ARGS, "keepalive_timeout": idle_timeout})
     app[SERVICE] = service
+    if identity is not None:
+        try:
+            mount_identity(app, service.repos, identity)
+        except BaseException:
+            service.close_now()
+            raise
     app.router.add_route("*", "/{path:.*}", service.dispatch)
     app.on_response_prepare.append(_cors)
     app.on_cleanup.append(service.close)
@@ -225,6 +238,10 @@ class SyncService:
 
     async def close(self, _app: web.Application | None = None) -> None:
         """Close the repositories this service opened."""
+        self.close_now()
+
+    def close_now(self) -> None:
+        """:meth:`close`, outside an event loop."""
         for repo in self._owned:
             repo.close()
 
@@ -655,6 +672,9 @@ async def start_server(
     timeouts = _Timeouts(header_timeout, idle_timeout)
     for name, seconds in timeouts._asdict().items():
         _check_timeout(f"{name}_timeout", seconds)
+    identity = app.get(IDENTITY)
+    if identity is not None and identity.public_url is None and host in WILDCARD_HOSTS:
+        raise InvalidInput(f"serving identities on {host or 'every address'} needs a public URL (--public-url)")
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=_CUT_WAIT, handler_cancellation=True)
     await runner.setup()
     try:
@@ -668,7 +688,10 @@ async def start_server(
     except BaseException:
         await runner.cleanup()
         raise
-    return RunningServer(runner, listener, live)
+    running = RunningServer(runner, listener, live)
+    if identity is not None:
+        identity.listening_at(running.url)
+    return running
 
 
 def serve(
@@ -678,16 +701,17 @@ def serve(
     *,
     header_timeout: float = HEADER_TIMEOUT,
     idle_timeout: float = IDLE_TIMEOUT,
+    identity: IdentityOptions | None = None,
     on_ready: Callable[[str, list[str]], None] | None = None,
 ) -> None:
     """Serve ``repos`` on ``host:port`` until SIGINT or SIGTERM, then stop within :data:`SHUTDOWN_TIMEOUT`.
 
     ``on_ready(url, dids)`` is called once the server listens (with port 0,
     ``url`` carries the port chosen). The timeouts are those of
-    :func:`start_server`.
+    :func:`start_server`; ``identity`` is that of :func:`make_app`.
     """
     _check_timeout("header_timeout", header_timeout)
-    app = make_app(repos, idle_timeout=idle_timeout)
+    app = make_app(repos, idle_timeout=idle_timeout, identity=identity)
     asyncio.run(_serve(app, host, port, _Timeouts(header_timeout, idle_timeout), on_ready))
 
 
