@@ -17,7 +17,8 @@ import click
 import pytest
 
 from pypds import CarReader, CarWriter, Repo, cid_for_cbor, load_signing_key, to_json
-from pypds.cli import _common, cli, main
+from pypds.cli import cli, main
+from pypds.cli import common as _common
 
 from .conftest import DID, POST, post
 
@@ -649,7 +650,7 @@ def test_unexpected_errors_are_one_line_without_traceback(capsys, monkeypatch, c
     def boom(*args, **kwargs):
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr("pypds.cli._read.Counter", boom)
+    monkeypatch.setattr("pypds.cli.records.Counter", boom)
     err = assert_error(capsys, 2, "collections", car)
     assert "internal error: RuntimeError: kaboom" in err
     monkeypatch.setenv("PYPDS_DEBUG", "1")

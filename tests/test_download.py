@@ -848,7 +848,7 @@ def test_cli_caps_the_car_size(source, tmp_path, capsys):
     ("text", "size"), [("1048576", 1 << 20), ("512k", 512 << 10), ("16G", 16 << 30), ("2MiB", 2 << 20)]
 )
 def test_car_size_option_reads_binary_units(text, size):
-    from pypds.cli._net import SizeType
+    from pypds.cli.net import SizeType
 
     assert SizeType().convert(text, None, None) == size
 
@@ -857,7 +857,7 @@ def test_car_size_option_reads_binary_units(text, size):
 def test_car_size_option_refuses_anything_else(text):
     import click
 
-    from pypds.cli._net import SizeType
+    from pypds.cli.net import SizeType
 
     with pytest.raises(click.BadParameter):
         SizeType().convert(text, None, None)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-import pypds.cli._common as cli_common
+import pypds.cli.common as cli_common
 from pypds import InvalidInput, InvalidRecord, InvalidRepoPath, LimitExceeded, PypdsError, Repo
 from pypds.cli import main
 
@@ -205,7 +205,7 @@ def test_put_from_an_endless_stdin_reads_no_more_than_the_cap(alice, capsys, mon
 
 def test_blob_put_from_dev_zero_stops_at_the_cap(alice, capsys, monkeypatch):
     monkeypatch.setattr(cli_common, "MAX_BLOB_INPUT_BYTES", 1 << 20)  # the 256 MiB default, made quick
-    monkeypatch.setattr("pypds.cli._write.MAX_BLOB_INPUT_BYTES", 1 << 20)
+    monkeypatch.setattr("pypds.cli.blobs.MAX_BLOB_INPUT_BYTES", 1 << 20)
     before = snapshot(alice)
     assert "max_blob_input_bytes" in assert_one_line_error(capsys, "blob", "put", alice, "/dev/zero", "--mime", "a/b")
     assert snapshot(alice) == before

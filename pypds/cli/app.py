@@ -11,9 +11,12 @@ import click
 
 from ..errors import IntegrityError, PypdsError
 from ..version import __version__
-from ._net import NET_COMMANDS
-from ._read import READ_COMMANDS
-from ._write import WRITE_COMMANDS
+from .blobs import BLOB_COMMANDS
+from .car import CAR_COMMANDS
+from .net import NET_COMMANDS
+from .records import RECORD_COMMANDS
+from .refs import REF_COMMANDS
+from .repository import REPOSITORY_COMMANDS
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130
@@ -44,7 +47,7 @@ def cli() -> None:
     """
 
 
-for _command in (*WRITE_COMMANDS, *READ_COMMANDS, *NET_COMMANDS):
+for _command in (*REPOSITORY_COMMANDS, *RECORD_COMMANDS, *CAR_COMMANDS, *REF_COMMANDS, *BLOB_COMMANDS, *NET_COMMANDS):
     cli.add_command(_command)
 
 

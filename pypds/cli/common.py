@@ -455,6 +455,14 @@ def cid_str(cid: CID | None) -> str | None:
     return None if cid is None else cid.encode()
 
 
+def print_info(info: dict, as_json: bool) -> None:
+    """A command's result: JSON, or ``name  value`` rows (None shown as ``-``)."""
+    if as_json:
+        emit_json(info)
+    else:
+        print_rows([(name, "-" if value is None else str(value)) for name, value in info.items()])
+
+
 def print_rows(rows: Sequence[tuple[str, ...]], styles: dict[int, Callable[[str], str]] | None = None) -> None:
     """Print rows as aligned columns (two spaces apart; the last column is not padded)."""
     if not rows:

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import click
 
 from ..errors import IntegrityError, NetworkError
-from ._common import (
+from .common import (
     InputError,
     Progress,
     Signer,
