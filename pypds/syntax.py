@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidDid, InvalidRepoPath, InvalidTid, shown
+from .errors import InvalidDid, InvalidHandle, InvalidRepoPath, InvalidTid, shown
 from .limits import MAX_MST_KEY_BYTES
 
 __all__ = [
@@ -25,6 +25,8 @@ __all__ = [
     "check_tid",
     "repo_path",
     "split_repo_path",
+    "is_valid_handle",
+    "check_handle",
 ]
 
 _NSID = re.compile(
@@ -122,3 +124,22 @@ def split_repo_path(path: str) -> tuple[str, str]:
     check_collection(collection)
     check_record_key(rkey)
     return collection, rkey
+
+
+_HANDLE = re.compile(
+    r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+"  # labels
+    r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?"  # top-level label starts with a letter
+)
+_MAX_HANDLE_LENGTH = 253
+
+
+def is_valid_handle(value: str) -> bool:
+    """True for a syntactically valid handle (a DNS name of two labels or more)."""
+    return isinstance(value, str) and len(value) <= _MAX_HANDLE_LENGTH and _HANDLE.fullmatch(value.lower()) is not None
+
+
+def check_handle(value: str) -> str:
+    """The handle in lower case, or :class:`~pypds.errors.InvalidHandle`."""
+    if not is_valid_handle(value):
+        raise InvalidHandle(f"invalid handle: {shown(value)}")
+    return value.lower()

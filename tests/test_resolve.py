@@ -25,7 +25,8 @@ from pypds import (
     generate_signing_key,
     resolve,
 )
-from pypds.net.identity import DEFAULT_PLC_URL, identity_from_document, is_valid_handle
+from pypds.net.identity import DEFAULT_PLC_URL, identity_from_document
+from pypds.syntax import is_valid_handle
 
 from .conftest import DID
 from .netstubs import DnsStub, WebStub, did_document, free_port, stub_config

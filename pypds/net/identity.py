@@ -73,7 +73,7 @@ from ..errors import (
     shown,
 )
 from ..keys import PublicKey, parse_did_key
-from ..syntax import check_did, is_valid_did
+from ..syntax import check_did, check_handle, is_valid_did, is_valid_handle
 from .xrpc import AddressPolicy, json_object, new_session, read_capped, small_answer_timeout
 
 __all__ = [
@@ -81,7 +81,6 @@ __all__ = [
     "Identity",
     "ResolverConfig",
     "identity_from_document",
-    "is_valid_handle",
     "resolve",
     "resolve_async",
 ]
@@ -91,11 +90,6 @@ DEFAULT_PLC_URL = "https://plc.directory"
 #: Largest DID document or ``atproto-did`` answer read (1 MiB).
 MAX_DOC_BYTES = 1 << 20
 
-_HANDLE = re.compile(
-    r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+"  # labels
-    r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?"  # top-level label starts with a letter
-)
-_MAX_HANDLE_LENGTH = 253
 _PDS_SERVICE = ("#atproto_pds", "AtprotoPersonalDataServer")
 _KEY_ID = "#atproto"
 _MULTIKEY_TYPES = {"Multikey"}
@@ -205,18 +199,6 @@ class Identity:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready summary (without the document)."""
         return {"did": self.did, "handle": self.handle, "pds": self.pds, "signingKey": self.did_key}
-
-
-def is_valid_handle(value: str) -> bool:
-    """True for a syntactically valid handle (a DNS name of two labels or more)."""
-    return isinstance(value, str) and len(value) <= _MAX_HANDLE_LENGTH and _HANDLE.fullmatch(value.lower()) is not None
-
-
-def check_handle(value: str) -> str:
-    """The handle in lower case, or :class:`InvalidHandle`."""
-    if not is_valid_handle(value):
-        raise InvalidHandle(f"invalid handle: {shown(value)}")
-    return value.lower()
 
 
 def resolve(identifier: str, *, config: ResolverConfig | None = None) -> Identity:

@@ -46,7 +46,7 @@ from aiohttp import web
 
 from ..errors import InvalidInput, shown
 from ..repo.repo import Repo
-from .identity import check_handle
+from ..syntax import check_handle
 
 __all__ = ["IDENTITY", "IdentityOptions", "IdentityService", "did_document", "mount_identity"]
 
