@@ -301,3 +301,17 @@ def test_put_blob_interrupted_at_fsync_leaves_nothing(repo, monkeypatch):
         repo.put_blob(data, "image/png")
     monkeypatch.undo()
     _assert_no_blob_files(repo, cid)
+
+
+def test_group_commits_survive_kills_of_a_process_writing_from_eight_threads():
+    """The short version of ``python -m benchmarks.crash_group`` (group commit under SIGKILL)."""
+    root = Path(__file__).parent.parent
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.crash_group", "--cycles", "3", "--threads", "8", "--seed", "7"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 of 3 kills survived" in result.stdout

@@ -242,17 +242,20 @@ class Repo:
 
     # -- records ---------------------------------------------------------------
 
-    @_public
+    # Writes queue for the handle's next group commit instead of holding the lock while they
+    # wait (pypds.repo.writer): concurrent calls share one transaction and one fsync.
+
     def put(self, collection: str, rkey: str, record: dict | bytes) -> CID:
-        """Create or replace a record in its own signed commit; returns the record CID."""
+        """Create or replace a record in its own signed commit; returns the record CID once durable."""
+        self._state.check_open()
         batch = Batch(self._state.limits)
         cid = batch.put(collection, rkey, record)
         writer.commit_ops(self._state, batch.ops)
         return cid
 
-    @_public
     def delete(self, collection: str, rkey: str) -> None:
         """Delete a record in its own signed commit; RecordNotFound if absent."""
+        self._state.check_open()
         batch = Batch(self._state.limits)
         batch.delete(collection, rkey)
         writer.commit_ops(self._state, batch.ops)
@@ -263,14 +266,11 @@ class Repo:
 
         An exception inside the block discards every write in it.
         """
+        self._state.check_open()
         batch = Batch(self._state.limits)
         yield batch
         if batch.ops:
-            batch.commit = self._commit_batch(batch)
-
-    @_public
-    def _commit_batch(self, batch: Batch) -> CID:
-        return writer.commit_ops(self._state, batch.ops)
+            batch.commit = writer.commit_ops(self._state, batch.ops)
 
     @_public
     def find(self, collection: str, rkey: str) -> dict | None:

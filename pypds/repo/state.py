@@ -36,6 +36,7 @@ from ..storage.blobs import BlobStore
 from ..storage.record_cache import RecordCache
 from ..storage.store import SqliteError, Store, storage_error
 from ..tid import TidClock
+from .commit_queue import CommitQueue
 from .referenced_blobs import ReferencedBlobs
 
 __all__ = ["RepoState"]
@@ -56,6 +57,7 @@ class RepoState:
         # checkout() views read through the node store outside Repo methods: misses take the lock
         self.nodes = NodeStore(self.get_block_locked, limits, where=f"repository at {path}")
         self.records = RecordCache()
+        self.commits = CommitQueue()  # writes waiting for the next group commit
         self.signing_key = signing_key
         self.rotate_key = rotate_key
         #: (HEAD, whether the signing key signed it): checked once per HEAD

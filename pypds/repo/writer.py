@@ -18,6 +18,15 @@ Traps:
 * **Nodes are marked persisted only after the commit** (:func:`adopt`),
   never inside the transaction: a rolled-back write must not leave nodes
   that claim to be stored.
+
+Group commit: threads writing through one handle queue their writes
+(:class:`~pypds.repo.commit_queue.CommitQueue`); one of them leads: it
+writes every queued write as its own signed commit, each with its own rev
+and chained on the one before, in one transaction with one fsync, while
+the others keep queueing for the next group. Each commit runs in a
+savepoint, so a write that fails (a delete of an absent record) fails its
+own call alone; a call returns once the transaction holding its commit is
+durable, and if that transaction fails, every call in it fails.
 """
 
 from __future__ import annotations
@@ -28,12 +37,22 @@ from dataclasses import dataclass
 
 from ..codec.cid import CID
 from ..commit import sign_commit
-from ..errors import BadSignature, RecordNotFound, SigningKeyMismatch, SigningKeyRequired
+from ..errors import (
+    BadSignature,
+    PypdsError,
+    RecordNotFound,
+    SigningKeyMismatch,
+    SigningKeyRequired,
+    StorageError,
+    StoreDamaged,
+)
 from ..keys import SigningKey
 from ..mst import Link, Node, build_tree, empty_node, iter_range
 from ..mst import delete as mst_delete
 from ..mst import put as mst_put
 from ..operation import WriteOp
+from ..storage.store import SqliteError, storage_error
+from .commit_queue import Request
 from .state import RepoState
 
 __all__ = [
@@ -65,30 +84,92 @@ class BuiltCommit:
 
 
 def commit_ops(state: RepoState, ops: list[WriteOp]) -> CID:
-    """Apply ``ops`` to the tree at HEAD and write them as one signed commit; the commit's CID."""
-    key = require_key(state)
-    store = state.store
-    with store.transaction():
-        state.refresh()  # under the write lock: we build on the latest HEAD
-        check_key_for_write(state, key)
-        root, height = _apply_ops(state, ops)
-        built = _sign(state, root, height, key)
-        records = ((CID(cid), data) for _key, cid, data in ops if cid is not None and data is not None)
-        _write(state, built, records)
-        update_index(state, built.cid, root, _effects(ops))
-    adopt(state, built)
+    """Write ``ops`` as one signed commit on the tree at HEAD; the commit's CID once it is durable.
+
+    Concurrent calls on one handle share a transaction and its fsync (see
+    the module docstring); each still gets its own commit.
+    """
+    queue = state.commits
+    request = queue.submit(ops)
+    group = queue.wait_turn(request)
+    if group is not None:
+        try:
+            with state.lock:
+                _commit_group(state, group)
+        finally:
+            queue.done_leading()
+    if request.error is not None:
+        raise request.error
+    assert request.result is not None
+    return request.result
+
+
+def _commit_group(state: RepoState, group: list[Request]) -> None:
+    """Write each request as its own commit, chained, in one transaction (the handle's lock is held)."""
+    built: list[tuple[Request, BuiltCommit]] = []
+    try:
+        state.check_open()
+        key = require_key(state)
+        store = state.store
+        with store.transaction():
+            state.refresh()  # under the write lock: we build on the latest HEAD
+            check_key_for_write(state, key)
+            head, root, height = state.head, state.root, state.height
+            written: set[bytes] = set()  # nodes already written by this transaction
+            for request in group:
+                try:
+                    with store.savepoint():
+                        commit = _commit_one(state, key, request.ops, head, root, height, written)
+                except PypdsError as exc:
+                    if isinstance(exc, (StorageError, StoreDamaged)) or not store.in_transaction():
+                        raise  # the store failed, not the write: the whole group fails
+                    request.error = exc  # this write alone fails (a delete of an absent record...)
+                    continue
+                built.append((request, commit))
+                written.update(node.cid.cid_bytes for node in commit.nodes)
+                head, root, height = commit.cid, commit.root, commit.height
+    except BaseException as exc:
+        error = storage_error(exc, state.path) if isinstance(exc, SqliteError) else exc
+        for request in group:
+            request.error = request.error or error
+            request.finished = True
+        if not isinstance(exc, Exception):
+            raise  # KeyboardInterrupt and the like reach the thread that leads the group
+        return
+    for request, commit in built:
+        adopt(state, commit)
+        request.result = commit.cid
+    for request in group:
+        request.finished = True
     # No data_version read here: a commit by another connection may land right
     # after ours, and must be loaded by the next call, not marked as seen.
     # (Our own commit does not change data_version; the in-transaction
     # refresh above recorded the right value.)
-    return built.cid
+
+
+def _commit_one(
+    state: RepoState,
+    key: SigningKey,
+    ops: list[WriteOp],
+    head: CID,
+    root: Node,
+    height: int,
+    written: set[bytes],
+) -> BuiltCommit:
+    """Build, sign and write one commit on ``head``'s tree (inside the transaction)."""
+    new_root, new_height = _apply_ops(state, root, height, ops)
+    commit = _sign(state, new_root, new_height, key, skip=written)
+    records = ((CID(cid), data) for _key, cid, data in ops if cid is not None and data is not None)
+    _write(state, commit, records, head)
+    update_index(state, commit.cid, new_root, _effects(ops), prev_head=head)
+    return commit
 
 
 def write_first_commit(state: RepoState, key: SigningKey) -> BuiltCommit:
     """Sign and write the commit over the empty tree of a new repository (inside its transaction)."""
     root = empty_node()
     built = _sign(state, root, 0, key)
-    _write(state, built, [])
+    _write(state, built, [], None)
     state.store.index_replace(built.cid, [])  # the empty tree's (empty) paths index
     return built
 
@@ -133,9 +214,8 @@ def check_key_for_write(state: RepoState, key: SigningKey) -> None:
     )
 
 
-def _apply_ops(state: RepoState, ops: list[WriteOp]) -> tuple[Node, int]:
-    """The tree at HEAD with ``ops`` applied, and its height (a big first batch is built bottom-up)."""
-    root = state.root
+def _apply_ops(state: RepoState, root: Node, height: int, ops: list[WriteOp]) -> tuple[Node, int]:
+    """The tree at ``root`` with ``ops`` applied, and its height (a big first batch is built bottom-up)."""
     if root.is_empty and len(ops) >= BULK_BUILD_THRESHOLD:
         final: dict[bytes, bytes] = {}
         for key, cid, _data in ops:
@@ -144,7 +224,7 @@ def _apply_ops(state: RepoState, ops: list[WriteOp]) -> tuple[Node, int]:
             elif final.pop(key, None) is None:
                 raise RecordNotFound(f"no record at {key.decode()}")
         return build_tree([(key, CID(final[key])) for key in sorted(final)])
-    new_root, height = root, state.height
+    new_root = root
     for key, cid, _data in ops:
         if cid is not None:
             new_root, height = mst_put(state.nodes, new_root, height, key, CID(cid))
@@ -153,41 +233,50 @@ def _apply_ops(state: RepoState, ops: list[WriteOp]) -> tuple[Node, int]:
     return new_root, height
 
 
-def _sign(state: RepoState, root: Node, height: int, key: SigningKey) -> BuiltCommit:
+def _sign(state: RepoState, root: Node, height: int, key: SigningKey, skip: set[bytes] | None = None) -> BuiltCommit:
+    """Sign a commit over ``root``; its new nodes are those neither stored nor in ``skip``."""
     rev = state.clock.next()
     _commit, block, cid = sign_commit(state.did, root.cid, rev, key)
-    return BuiltCommit(cid, rev, block, root, height, _unpersisted_nodes(root))
+    return BuiltCommit(cid, rev, block, root, height, _unpersisted_nodes(root, skip or set()))
 
 
-def _write(state: RepoState, built: BuiltCommit, records: Iterable[tuple[CID, bytes]]) -> None:
-    """Write the commit's blocks and move HEAD (inside a transaction)."""
+def _write(state: RepoState, built: BuiltCommit, records: Iterable[tuple[CID, bytes]], prev: CID | None) -> None:
+    """Write the commit's blocks and move HEAD (inside a transaction); ``prev`` is the commit it follows."""
     store = state.store
     nodes = ((node.cid, node.data) for node in built.nodes)
     store.put_blocks(itertools.chain(nodes, records, [(built.cid, built.block)]), built.rev)
     store.set_head(built.cid, built.rev)
-    store.record_commit(built.cid, built.rev, state.head if state.head.cid_bytes else None)
+    store.record_commit(built.cid, built.rev, prev if prev is not None and prev.cid_bytes else None)
 
 
-def update_index(state: RepoState, head: CID, root: Link, changes: list[tuple[bytes, bytes | None]]) -> None:
+def update_index(
+    state: RepoState,
+    head: CID,
+    root: Link,
+    changes: list[tuple[bytes, bytes | None]],
+    prev_head: CID | None = None,
+) -> None:
     """Bring the paths index to ``head`` (inside the transaction that moves HEAD there).
 
-    ``changes`` (path, new record CID bytes or None) are applied when the index is at the previous HEAD;
+    ``changes`` (path, new record CID bytes or None) are applied when the
+    index is at the previous HEAD (``prev_head``, default the handle's);
     otherwise (a store from an older pypds) it is rebuilt from the tree.
     """
     store = state.store
-    if state.head.cid_bytes and store.index_head() == state.head:
+    prev = state.head if prev_head is None else prev_head
+    if prev.cid_bytes and store.index_head() == prev:
         store.index_apply(head, changes)
     else:
         store.index_replace(head, iter_range(state.nodes, root))
 
 
-def _unpersisted_nodes(root: Node) -> list[Node]:
-    """Nodes reachable from ``root`` through in-memory links that are not yet stored."""
+def _unpersisted_nodes(root: Node, skip: set[bytes]) -> list[Node]:
+    """Nodes reachable from ``root`` through in-memory links that are neither stored nor in ``skip``."""
     found: list[Node] = []
     stack = [root]
     while stack:
         node = stack.pop()
-        if node.persisted:
+        if node.persisted or (skip and node.cid.cid_bytes in skip):
             continue
         found.append(node)
         stack.extend(link for link in node.links if type(link) is Node)

@@ -372,6 +372,23 @@ class Store:
             self._rollback()
             raise
 
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open (SQLite rolls one back by itself after some failures)."""
+        return not self.conn.get_autocommit()
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested part of the open transaction: on an exception inside, only its writes are undone."""
+        self.conn.execute("SAVEPOINT part")
+        try:
+            yield
+        except BaseException:
+            if not self.conn.get_autocommit():  # SQLite may have rolled the whole transaction back
+                self.conn.execute("ROLLBACK TO part")
+                self.conn.execute("RELEASE part")
+            raise
+        self.conn.execute("RELEASE part")
+
     def _rollback(self) -> None:
         """Leave no transaction open, whatever state the failure left."""
         if self.conn.get_autocommit():
