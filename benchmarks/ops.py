@@ -62,6 +62,15 @@ def workload(n: int, seed: int) -> Iterator[tuple[str, dict]]:
         yield record_key(i), {"$type": POST, "text": texts[rng.randrange(4096)], "createdAt": created, "langs": ["en"]}
 
 
+def status_kib(field: str) -> int:
+    """A ``kB`` field of /proc/self/status (``VmHWM``: peak RSS, ``VmRSS``: RSS now), Linux."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
 def timed(fn: Callable[[], object]) -> float:
     started = time.perf_counter()
     fn()
@@ -118,7 +127,12 @@ def car_sections(stream: BinaryIO) -> Iterator[tuple[bytes, bytes]]:
 
 def _floor_connection(path: Path, synchronous: str) -> apsw.Connection:
     conn = apsw.Connection(str(path))
-    conn.execute(f"PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA cache_size = -{CACHE_KIB}")
+    # one statement per call: apsw runs the next statement of a string only once the rows of the
+    # previous one are read, and "journal_mode" returns a row
+    conn.execute("PRAGMA journal_mode = WAL").fetchall()
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == {"NORMAL": 1, "FULL": 2}[synchronous]
     return conn
 
 
