@@ -8,6 +8,8 @@ fresh connection with pypds's page cache (32 MiB):
 
 * **statement overhead**: an autocommit statement on a small table, each
   its own WAL read transaction, against the same inside one transaction;
+* **commit floor pages**: pages written per transaction of the commit
+  floor (``benchmarks.profile commits`` prints a commit's);
 * **point reads** (10k random records, first pass): today's statement
   (paths -> CID index -> blocks), against a ``paths`` that maps each path
   to the block's rowid (one B-tree descent less), each with and without a
@@ -125,6 +127,23 @@ def statement_overhead(db: Path) -> None:
     conn.close()
 
 
+def commit_floor_pages(work: Path) -> None:
+    """Pages the commit floor's transactions write (10 random rows each), to compare with a commit's."""
+    db = work / "floor-pages.db"
+    conn = connect(db)
+    conn.execute("CREATE TABLE t (k BLOB PRIMARY KEY, v BLOB) WITHOUT ROWID")
+    conn.status(apsw.SQLITE_DBSTATUS_CACHE_WRITE, True)
+    count = 1000
+    for _ in range(count):
+        with conn:
+            conn.executemany("INSERT INTO t VALUES (?, ?)", [(random.randbytes(36), bytes(200)) for _ in range(10)])
+    writes = conn.status(apsw.SQLITE_DBSTATUS_CACHE_WRITE, True)[0]
+    print(f"  commit floor: {writes / count:.1f} pages written per transaction of 10 rows", flush=True)
+    conn.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+
 def paged(conn: apsw.Connection, sql: str, page: int = 4096) -> int:
     after, count = b"", 0
     while True:
@@ -230,6 +249,7 @@ def main() -> None:
         add_rowid_paths(db)
         print(f"N = {args.n:,}, a copy of {source} with a paths -> rowid table")
         statement_overhead(db)
+        commit_floor_pages(work)
         point_reads(db, args.n)
         record_scans(db)
         insert_blocks(car, work)
