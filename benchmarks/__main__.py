@@ -39,14 +39,6 @@ THREADS = 8
 # -- peak memory of a forked child ---------------------------------------------
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def reset_peak_rss() -> bool:
     """Reset this process's VmHWM to its current RSS (Linux >= 4.0); False if the kernel refuses."""
     try:
@@ -72,7 +64,7 @@ def in_child(fn: Callable[[], float]) -> tuple[float, float]:
         os.close(read_end)
         try:
             reset_peak_rss()
-            result: object = (fn(), _status_kib("VmHWM") / 1024)
+            result: object = (fn(), ops.status_kib("VmHWM") / 1024)
         except BaseException as exc:  # report it to the parent, whatever it was
             result = f"{type(exc).__name__}: {exc}"
         with os.fdopen(write_end, "wb") as out:
