@@ -99,7 +99,8 @@ class Spill:
     def _open(self) -> apsw.Connection:
         self._dir = Path(tempfile.mkdtemp(prefix="pypds-spill-"))
         db = apsw.Connection(str(self._dir / "spill.db"))
-        db.execute("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF")
+        for pragma in ("journal_mode = OFF", "synchronous = OFF"):  # one statement each: apsw stops at a row
+            db.execute(f"PRAGMA {pragma}").fetchall()
         db.execute("CREATE TABLE spill (cid BLOB PRIMARY KEY, data BLOB NOT NULL)")
         self._db = db
         return db
