@@ -131,6 +131,7 @@ class StreamedCar:
         self._limits = limits
         self._reader = CarReader(source, limits=limits)
         self._sections = iter(self._reader)
+        self._stream = self._read()  # one generator for the whole CAR: get() resumes it
         self._spill = Spill(limits.max_spill_memory_bytes)
         self.root: CID = self._reader.roots[0]
         self.blocks = 0
@@ -159,7 +160,7 @@ class StreamedCar:
         if data is not None:
             return data
         wanted = cid.cid_bytes
-        for found, block in self._read():
+        for found, block in self._stream:
             if found.cid_bytes == wanted:
                 return block
             self._spill.put(found, block)
@@ -167,7 +168,7 @@ class StreamedCar:
 
     def finish(self) -> None:
         """Read (and check) the rest of the CAR, dropping what the tree did not reach."""
-        for _found, _block in self._read():
+        for _found, _block in self._stream:
             pass
 
     def _read(self) -> Iterator[tuple[CID, bytes]]:
