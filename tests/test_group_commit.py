@@ -108,16 +108,10 @@ def test_a_failing_write_fails_its_own_call_alone(repo, monkeypatch):
 def test_when_the_transaction_fails_every_write_in_it_fails_and_nothing_changes(repo, monkeypatch):
     repo.put(POST, "before", post(0))
     head, car = repo.head, repo.export_car()
-    calls_made = [0]
-    original = Store.put_blocks
+    def disk_full(self, rows):
+        raise apsw.FullError("database or disk is full")
 
-    def full_on_second(self, blocks, rev):
-        calls_made[0] += 1
-        if calls_made[0] == 2:
-            raise apsw.FullError("database or disk is full")
-        return original(self, blocks, rev)
-
-    monkeypatch.setattr(Store, "put_blocks", full_on_second)
+    monkeypatch.setattr(Store, "put_block_rows", disk_full)
     results = _queued_then_released(repo, [lambda i=i: repo.put(POST, f"x{i}", post(i)) for i in range(3)])
     assert all(isinstance(result, StorageError) for result in results), results
     monkeypatch.undo()

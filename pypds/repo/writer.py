@@ -23,9 +23,10 @@ Group commit: threads writing through one handle queue their writes
 (:class:`~pypds.repo.commit_queue.CommitQueue`); one of them leads: it
 writes every queued write as its own signed commit, each with its own rev
 and chained on the one before, in one transaction with one fsync, while
-the others keep queueing for the next group. Each commit runs in a
-savepoint, so a write that fails (a delete of an absent record) fails its
-own call alone; a call returns once the transaction holding its commit is
+the others keep queueing for the next group. The group's commits are
+built in memory first, so a write that fails (a delete of an absent
+record) fails its own call alone; then the whole group is written with a
+few statements. A call returns once the transaction holding its commit is
 durable, and if that transaction fails, every call in it fails.
 """
 
@@ -105,8 +106,14 @@ def commit_ops(state: RepoState, ops: list[WriteOp]) -> CID:
 
 
 def _commit_group(state: RepoState, group: list[Request]) -> None:
-    """Write each request as its own commit, chained, in one transaction (the handle's lock is held)."""
-    built: list[tuple[Request, BuiltCommit]] = []
+    """Write each request as its own commit, chained, in one transaction (the handle's lock is held).
+
+    Every commit of the group is built and signed in memory first (a write
+    that fails there, a delete of an absent record say, fails its own call
+    and the next commit chains on the last good one); then the whole group
+    is written with a few statements and one COMMIT.
+    """
+    built: list[tuple[Request, BuiltCommit, CID, list[WriteOp]]] = []  # request, commit, the commit before
     try:
         state.check_open()
         key = require_key(state)
@@ -114,20 +121,23 @@ def _commit_group(state: RepoState, group: list[Request]) -> None:
         with store.transaction():
             state.refresh()  # under the write lock: we build on the latest HEAD
             check_key_for_write(state, key)
+            start = state.head
             head, root, height = state.head, state.root, state.height
-            written: set[bytes] = set()  # nodes already written by this transaction
+            skip: set[bytes] = set()  # nodes already counted as new by an earlier commit of the group
             for request in group:
                 try:
-                    with store.savepoint():
-                        commit = _commit_one(state, key, request.ops, head, root, height, written)
+                    new_root, new_height = _apply_ops(state, root, height, request.ops)
                 except PypdsError as exc:
-                    if isinstance(exc, (StorageError, StoreDamaged)) or not store.in_transaction():
+                    if isinstance(exc, (StorageError, StoreDamaged)):
                         raise  # the store failed, not the write: the whole group fails
-                    request.error = exc  # this write alone fails (a delete of an absent record...)
+                    request.error = exc
                     continue
-                built.append((request, commit))
-                written.update(node.cid.cid_bytes for node in commit.nodes)
-                head, root, height = commit.cid, commit.root, commit.height
+                commit = _sign(state, new_root, new_height, key, skip=skip)
+                built.append((request, commit, head, request.ops))
+                skip.update(node.cid.cid_bytes for node in commit.nodes)
+                head, root, height = commit.cid, new_root, new_height
+            if built:
+                _write_group(state, [(commit, prev, ops) for _request, commit, prev, ops in built], start)
     except BaseException as exc:
         error = storage_error(exc, state.path) if isinstance(exc, SqliteError) else exc
         for request in group:
@@ -136,7 +146,7 @@ def _commit_group(state: RepoState, group: list[Request]) -> None:
         if not isinstance(exc, Exception):
             raise  # KeyboardInterrupt and the like reach the thread that leads the group
         return
-    for request, commit in built:
+    for request, commit, _prev, _ops in built:
         adopt(state, commit)
         request.result = commit.cid
     for request in group:
@@ -147,22 +157,22 @@ def _commit_group(state: RepoState, group: list[Request]) -> None:
     # refresh above recorded the right value.)
 
 
-def _commit_one(
-    state: RepoState,
-    key: SigningKey,
-    ops: list[WriteOp],
-    head: CID,
-    root: Node,
-    height: int,
-    written: set[bytes],
-) -> BuiltCommit:
-    """Build, sign and write one commit on ``head``'s tree (inside the transaction)."""
-    new_root, new_height = _apply_ops(state, root, height, ops)
-    commit = _sign(state, new_root, new_height, key, skip=written)
-    records = ((CID(cid), data) for _key, cid, data in ops if cid is not None and data is not None)
-    _write(state, commit, records, head)
-    update_index(state, commit.cid, new_root, _effects(ops), prev_head=head)
-    return commit
+def _write_group(state: RepoState, commits: list[tuple[BuiltCommit, CID, list[WriteOp]]], start: CID) -> None:
+    """Write a chain of built commits (inside the transaction): every block tagged with the rev of the
+    commit that first stores it, one row per commit in the history, HEAD and the paths index at the last."""
+    store = state.store
+    rows: list[tuple[bytes, str, bytes]] = []
+    changes: dict[bytes, bytes | None] = {}
+    for commit, _prev, ops in commits:
+        rows.extend((node.cid.cid_bytes, commit.rev, node.data) for node in commit.nodes)
+        rows.extend((cid, commit.rev, data) for _key, cid, data in ops if cid is not None and data is not None)
+        rows.append((commit.cid.cid_bytes, commit.rev, commit.block))
+        changes.update((key, cid) for key, cid, _data in ops)
+    store.put_block_rows(rows)
+    last = commits[-1][0]
+    store.set_head(last.cid, last.rev)
+    store.record_commits((commit.cid, commit.rev, prev if prev.cid_bytes else None) for commit, prev, _ops in commits)
+    update_index(state, last.cid, last.root, list(changes.items()), prev_head=start)
 
 
 def write_first_commit(state: RepoState, key: SigningKey) -> BuiltCommit:

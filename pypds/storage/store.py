@@ -372,23 +372,6 @@ class Store:
             self._rollback()
             raise
 
-    def in_transaction(self) -> bool:
-        """Whether a transaction is open (SQLite rolls one back by itself after some failures)."""
-        return not self.conn.get_autocommit()
-
-    @contextmanager
-    def savepoint(self) -> Iterator[None]:
-        """A nested part of the open transaction: on an exception inside, only its writes are undone."""
-        self.conn.execute("SAVEPOINT part")
-        try:
-            yield
-        except BaseException:
-            if not self.conn.get_autocommit():  # SQLite may have rolled the whole transaction back
-                self.conn.execute("ROLLBACK TO part")
-                self.conn.execute("RELEASE part")
-            raise
-        self.conn.execute("RELEASE part")
-
     def _rollback(self) -> None:
         """Leave no transaction open, whatever state the failure left."""
         if self.conn.get_autocommit():
@@ -446,7 +429,10 @@ class Store:
         appending in key order is about three times faster than random order
         for large batches (the CIDs of new blocks are random).
         """
-        rows = [(cid.cid_bytes, rev, data) for cid, data in blocks]
+        self.put_block_rows([(cid.cid_bytes, rev, data) for cid, data in blocks])
+
+    def put_block_rows(self, rows: list[tuple[bytes, str, bytes]]) -> None:
+        """Insert ``(CID bytes, rev, block)`` rows not yet present (a block keeps its first rev)."""
         rows.sort(key=itemgetter(0))
         self.conn.executemany("INSERT OR IGNORE INTO blocks (cid, rev, data) VALUES (?, ?, ?)", rows)
 
@@ -527,6 +513,13 @@ class Store:
         self.conn.execute(
             "INSERT OR IGNORE INTO commits (cid, rev, prev) VALUES (?, ?, ?)",
             (cid.cid_bytes, rev, None if prev is None else prev.cid_bytes),
+        )
+
+    def record_commits(self, commits: Iterable[tuple[CID, str, CID | None]]) -> None:
+        """:meth:`record_commit` for several commits."""
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO commits (cid, rev, prev) VALUES (?, ?, ?)",
+            ((cid.cid_bytes, rev, None if prev is None else prev.cid_bytes) for cid, rev, prev in commits),
         )
 
     def commit_history(self, cid: CID) -> tuple[str, CID | None] | None:
