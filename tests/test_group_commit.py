@@ -108,6 +108,7 @@ def test_a_failing_write_fails_its_own_call_alone(repo, monkeypatch):
 def test_when_the_transaction_fails_every_write_in_it_fails_and_nothing_changes(repo, monkeypatch):
     repo.put(POST, "before", post(0))
     head, car = repo.head, repo.export_car()
+
     def disk_full(self, rows):
         raise apsw.FullError("database or disk is full")
 
