@@ -15,6 +15,7 @@ with ``cache_size=0`` caches nothing (a one-pass walk over untrusted blocks).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 from ..codec.cid import CID
@@ -87,7 +88,9 @@ class NodeStore:
         self._nodes.clear()
 
     def add(self, node: Node) -> None:
-        """Cache a node (one just built and stored, say)."""
-        if len(self._nodes) >= self._cache_size:
-            self._nodes.clear()
-        self._nodes[node.cid.cid_bytes] = node
+        """Cache a node (one just built and stored, say); a full cache drops its oldest quarter."""
+        nodes = self._nodes
+        if len(nodes) >= self._cache_size:
+            for old in list(itertools.islice(nodes, max(1, self._cache_size // 4))):
+                del nodes[old]
+        nodes[node.cid.cid_bytes] = node
