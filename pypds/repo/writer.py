@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from ..codec.cid import CID
 from ..commit import sign_commit
-from ..errors import BadSignature, RecordNotFound, SigningKeyMismatch, SigningKeyRequired
+from ..errors import BadSignature, HeadMoved, RecordNotFound, SigningKeyMismatch, SigningKeyRequired
 from ..keys import SigningKey
 from ..mst import Link, Node, build_tree, empty_node, iter_range
 from ..mst import delete as mst_delete
@@ -64,14 +64,20 @@ class BuiltCommit:
     nodes: list[Node]  # the tree's nodes not yet stored
 
 
-def commit_ops(state: RepoState, ops: list[WriteOp]) -> CID:
-    """Apply ``ops`` to the tree at HEAD and write them as one signed commit; the commit's CID."""
+def commit_ops(state: RepoState, ops: list[WriteOp], *, expect_root: CID | None = None) -> CID:
+    """Apply ``ops`` to the tree at HEAD and write them as one signed commit; the commit's CID.
+
+    With ``expect_root``, the new tree must have that root (checked under the
+    write lock, before anything is written): else :class:`HeadMoved`.
+    """
     key = require_key(state)
     store = state.store
     with store.transaction():
         state.refresh()  # under the write lock: we build on the latest HEAD
         check_key_for_write(state, key)
         root, height = _apply_ops(state, ops)
+        if expect_root is not None and root.cid != expect_root:
+            raise HeadMoved(f"repository at {state.path}: HEAD moved while the write was prepared")
         built = _sign(state, root, height, key)
         records = ((CID(cid), data) for _key, cid, data in ops if cid is not None and data is not None)
         _write(state, built, records)
