@@ -104,10 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         seconds, rss = in_child(library_load)
         rows.append(("Repo.load(records.jsonl), in process", seconds, rss))
         one = fresh(base, "cli")
-        seconds, rss = command(["load", str(one), str(source), "-q"])
+        seconds, rss = command(["load", str(one), str(source), "-q"], stdout=subprocess.DEVNULL)
         rows.append(("pypds load PATH records.jsonl (new process)", seconds, rss))
         batched = fresh(base, "cli-batched")
-        seconds, rss = command(["load", str(batched), str(source), "--batch-size", str(args.batch_size), "-q"])
+        batch = ["--batch-size", str(args.batch_size)]
+        seconds, rss = command(["load", str(batched), str(source), *batch, "-q"], stdout=subprocess.DEVNULL)
         rows.append((f"pypds load ... --batch-size {args.batch_size:,} (new process)", seconds, rss))
         for name in ("library", "cli", "cli-batched"):
             if root_of(base / name) != expected:

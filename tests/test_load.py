@@ -115,7 +115,7 @@ def test_batch_size_writes_one_signed_commit_per_batch(source, tmp_path):
         (b"[1, 2]", "expected a JSON object"),
         (b'{"path": "app.bsky.feed.post/x", "value": {"$type": "app.bsky.feed.post"}, "extra": 1}', "fields"),
         (b'{"path": "app.bsky.feed.post/x", "path": "app.bsky.feed.post/y", "value": {}}', "duplicate key"),
-        (b'{"path": "nocollection", "value": {"$type": "a.b.c"}}', "repo path"),
+        (b'{"path": "nocollection", "value": {"$type": "a.b.c"}}', "collection/rkey"),
         (b'{"collection": "app.bsky.feed.post", "rkey": "..", "value": {"$type": "a.b.c"}}', "record key"),
         (b'{"path": "app.bsky.feed.post/x", "value": {"$type": "a.b.c", "f": 1.5}}', "float"),
         (b'{"path": "app.bsky.feed.post/x", "value": [1]}', "object"),

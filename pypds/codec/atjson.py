@@ -147,7 +147,7 @@ def loads(text: str) -> Any:
     (nesting depth, integer range, ``$type``), which ``cbor.encode_record``
     checks.
     """
-    return json.loads(text, object_pairs_hook=_object_from_pairs, parse_float=_number_from_json)
+    return _DECODER.decode(text)
 
 
 def _object_from_pairs(pairs: list[tuple[str, Any]]) -> Any:
@@ -164,3 +164,6 @@ def _object_from_pairs(pairs: list[tuple[str, Any]]) -> Any:
 
 def _number_from_json(text: str) -> int:
     return _leaf_from_json(float(text))
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_object_from_pairs, parse_float=_number_from_json)

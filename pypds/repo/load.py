@@ -41,6 +41,7 @@ from ..codec.cid import CID
 from ..errors import (
     DiskFull,
     InvalidInput,
+    InvalidRepoPath,
     LimitExceeded,
     LoadError,
     LoadIncomplete,
@@ -230,9 +231,10 @@ def _line_write(state: RepoState, raw: bytes) -> WriteOp:
     if puts not in _PUT_FIELDS:
         raise InvalidInput(f"fields {', '.join(sorted(fields)) or 'none'}: a line is {_SHAPES}")
     if "path" in obj:
-        if not isinstance(obj["path"], str):
-            raise InvalidInput(f'"path" must be a string, not {shown(obj["path"])}')
-        collection, rkey = split_repo_path(obj["path"])
+        path = obj["path"]
+        if not isinstance(path, str) or path.count("/") != 1:
+            raise InvalidRepoPath(f'"path" must be a "collection/rkey" string, not {shown(path)}')
+        collection, rkey = path.split("/")  # each checked by put_op
     else:
         collection, rkey = obj["collection"], obj["rkey"]
     if type(obj["value"]) is not dict:
