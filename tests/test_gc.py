@@ -215,3 +215,27 @@ def test_a_failed_vacuum_says_the_blocks_are_gone(repo, monkeypatch):
     assert repo.verify().ok
     monkeypatch.undo()
     assert repo.gc().blocks == 0
+
+
+def test_writers_go_on_while_gc_vacuums(repo):
+    import threading
+
+    _garbage(repo, records=300, size=1000)
+    written, errors = [], []
+
+    def writer():
+        try:
+            with Repo.open(repo.path, busy_timeout=30) as other:
+                for i in range(40):
+                    other.put(POST, f"w{i:03d}", post(i, f"written during gc {i}"))
+                    written.append(other.head)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    reports = [repo.gc(vacuum=True) for _ in range(3)]
+    thread.join()
+    assert not errors and all(report.vacuumed for report in reports)
+    assert [rkey for rkey, _cid in repo.list(POST, cursor="v")] == [f"w{i:03d}" for i in range(40)]
+    assert repo.head == written[-1] and repo.verify().ok

@@ -252,3 +252,26 @@ def test_a_batched_load_holds_one_batch_not_the_input(tmp_path):
                 tracemalloc.stop()
     assert peaks[None] > count * size  # one commit holds every record
     assert peaks[200] < peaks[None] / 3, peaks
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        rb'{"path": "app.bsky.feed.post/a", "value": {"$type": "a.b.c", "t": "\udcff"}}',
+        rb'{"path": "app.bsky.feed.post/a", "value": {"$type": "a.b.c", "\udcff": 1}}',
+        rb'{"delete": "app.bsky.feed.post/\udcff"}',
+        rb'{"path": "app.bsky.feed.post/a", "value": {"$type": "a.b.c", "n": 99999999999999999999999}}',
+        rb'{"path": "app.bsky.feed.post/a", "value": {"$type": "a.b.c", "n": 1' + b"0" * 5000 + b"}}",
+        rb'{"path": "app.bsky.feed.post/a", "value": {"$type": "a.b.c", "x": NaN}}',
+        b'{"path": "app.bsky.feed.post/a", "value": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"path": "app.bsky.feed.post/a", "value": {"$type": "a.b.c", "a": ' + b'{"a":' * 200 + b"1" + b"}" * 201,
+        rb'{"path": "app.bsky.feed.post/a", "value": {"$type": "a.b.c", "x": "' + b"y" * (2 << 20) + b'"}}',
+    ],
+    ids=["surrogate", "surrogate-key", "surrogate-path", "int64", "digits", "nan", "deep-json", "deep", "big"],
+)
+def test_hostile_values_are_bad_lines(repo, bad):
+    before = snapshot(repo)
+    with pytest.raises(LoadError) as caught:
+        repo.load(io.BytesIO(bad))
+    assert caught.value.line == 1
+    assert snapshot(repo) == before

@@ -16,6 +16,7 @@ from pypds import (
     SigningKeyRequired,
     cid_for_cbor,
     generate_signing_key,
+    verify_commit_message,
 )
 from pypds.repo import history, writer
 
@@ -53,7 +54,9 @@ def test_revert_writes_a_new_commit_with_the_target_tree(changed):
     assert list(changed.records()) == list(changed.records(commit=target))
     assert changed.list(POST, limit=5) == changed.list(POST, limit=5, commit=target)  # the paths index follows
     assert changed.verify().ok
-    assert changed.commit_event()["ops"] == [c.to_op() for c in expected]  # history: a commit after old_head
+    event = changed.commit_event()  # history: a commit after old_head, which a firehose consumer can check
+    assert event["ops"] == [c.to_op() for c in expected] and event["since"] == old_rev
+    assert verify_commit_message(event, key=changed.did_key).inverted
 
 
 def test_revert_to_a_commit_cid_string_and_to_the_empty_tree(repo):
