@@ -91,6 +91,8 @@ def test_a_ref_name_reads_the_commit_it_points_to(history):
     assert repo.find(POST, "p0007", commit="middle") == post(7, "edited")
     assert repo.find(FOLLOW, "f1", commit="middle") is None and repo.find(FOLLOW, "f1") is not None
     assert list(repo.records(commit="middle")) == list(repo.records(commit=commits[1]))
+    assert list(repo.checkout("middle").items()) == list(repo.checkout(commits[1]).items())
+    assert repo.export_car(commit="middle") == repo.export_car(commit=commits[1])
 
 
 def test_reads_at_an_unknown_commit_fail_with_typed_errors(history):

@@ -255,12 +255,12 @@ class Repo:
 
     @_public
     def checkout(self, cid: CID | str | None = None) -> MST:
-        """A read-only view of the tree at HEAD or at the given commit."""
+        """A read-only view of the tree at HEAD or at the given commit (a CID, its string or a ref name)."""
         state = self._state
         state.refresh()
         if cid is None:
             return MST(state.nodes, state.root.cid)
-        return MST(state.nodes, state.load_commit(parse_cid(cid)).data)
+        return MST(state.nodes, state.load_commit(state.resolve(cid)).data)
 
     # -- records ---------------------------------------------------------------
 
