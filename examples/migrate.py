@@ -45,11 +45,14 @@ def transform(record: Any, old_did: str, new_did: str) -> Any:
 
 
 def records(repo: Repo, skip: set[str]) -> Iterator[tuple[str, str, Any]]:
-    """(collection, rkey, record) of every record at HEAD, in path order, minus skipped collections."""
-    for path, _cid in repo.checkout().items():
+    """(collection, rkey, record) of every record at HEAD, in path order, minus skipped collections.
+
+    ``repo.records()`` reads them a page at a time, so memory does not grow with the repository.
+    """
+    for path, _cid, record in repo.records():
         collection, rkey = path.split("/", 1)
         if collection not in skip:
-            yield collection, rkey, repo.find(collection, rkey)
+            yield collection, rkey, record
 
 
 def copy_records(source: Repo, target: Repo, skip: set[str], batch_size: int) -> tuple[int, int]:
@@ -73,8 +76,8 @@ def copy_blobs(source: Repo, target: Repo, cids: list[CID]) -> None:
     for cid in cids:
         data = source.blob(cid)  # checked against its CID on read
         if data is not None and target.blob(cid) is None:
-            # Blob files carry no MIME type (the record does), so any type will do here.
-            target.put_blob(data, "application/octet-stream")
+            # The type put_blob was given, if the source kept it (the records carry it anyway).
+            target.put_blob(data, source.blob_type(cid) or "application/octet-stream")
 
 
 def compare(source: Repo, target: Repo, skip: set[str]) -> list[str]:

@@ -27,6 +27,7 @@ from .errors import (
     DidMismatch,
     DiskFull,
     HandleMismatch,
+    HeadMoved,
     IntegrityError,
     InvalidCbor,
     InvalidCid,
@@ -42,6 +43,8 @@ from .errors import (
     InvalidTid,
     LimitExceeded,
     ListingTooLong,
+    LoadError,
+    LoadIncomplete,
     MissingBlock,
     NetworkError,
     NotFound,
@@ -79,7 +82,7 @@ from .mst import MST
 from .mst.nodestore import NodeStore
 from .net.service_auth import service_auth_token
 from .operation import RecordChange
-from .repo.repo import Batch, BlockStore, GcReport, Repo
+from .repo.repo import Batch, BlockStore, GcReport, LoadReport, Repo, Revert
 from .storage.blobs import BlobRef, blob_refs
 from .sync.firehose import CommitEvent, VerifiedCommit, verify_commit_message
 from .sync.proof import verify_proof
@@ -160,6 +163,7 @@ __all__ = [
     "GcReport",
     "generate_signing_key",
     "HandleMismatch",
+    "HeadMoved",
     "Identity",
     "IdentityOptions",
     "IntegrityError",
@@ -179,6 +183,9 @@ __all__ = [
     "LimitExceeded",
     "Limits",
     "ListingTooLong",
+    "LoadError",
+    "LoadIncomplete",
+    "LoadReport",
     "load_signing_key",
     "make_app",
     "MissingBlock",
@@ -207,6 +214,7 @@ __all__ = [
     "RepoExists",
     "RepoNotFound",
     "RepoStateError",
+    "Revert",
     "resolve",
     "resolve_async",
     "ResolveError",

@@ -9,6 +9,7 @@ key or byte offset at fault.
     ├── InvalidInput            caller-supplied value is malformed
     │   ├── InvalidRepoPath     collection / record key / MST key syntax
     │   ├── InvalidRecord       not a valid atproto record
+    │   ├── LoadError           a bad line of a bulk load (nothing written)
     │   ├── InvalidDid
     │   ├── InvalidTid
     │   └── InvalidSigningKey
@@ -29,6 +30,7 @@ key or byte offset at fault.
     ├── NotFound
     │   ├── RecordNotFound
     │   └── RefNotFound
+    ├── LoadIncomplete          a bulk load in several commits stopped after writing some
     ├── LimitExceeded           a named safety limit was hit
     └── RepoStateError          the repository handle cannot do this
         ├── RepoClosed
@@ -38,6 +40,7 @@ key or byte offset at fault.
         ├── SigningKeyRequired
         ├── SigningKeyMismatch  the signing key did not sign HEAD (writing would rotate the key)
         ├── RepoBusy            another writer held the lock past the timeout
+        │   └── HeadMoved       another writer moved HEAD while a write that needs it unchanged was prepared
         └── StorageError        the repository's files cannot be read or written
             └── DiskFull        no space left (ENOSPC, quota, SQLITE_FULL); nothing was written
 """
@@ -78,6 +81,19 @@ class InvalidRepoPath(InvalidInput):
 
 class InvalidRecord(InvalidInput):
     """A record is not a valid atproto record (not a map, floats, bad CBOR...)."""
+
+
+class LoadError(InvalidInput):
+    """A line of a bulk load (or a file of a loaded directory) is bad; nothing was written.
+
+    ``source`` names the input, ``line`` is the 1-based line number (None
+    for a file of a directory).
+    """
+
+    def __init__(self, message: str, *, source: str, line: int | None = None) -> None:
+        super().__init__(f"{source}{'' if line is None else f' line {line}'}: {message}")
+        self.source = source
+        self.line = line
 
 
 class InvalidDid(InvalidInput):
@@ -152,7 +168,10 @@ class RollbackRefused(IntegrityError):
     a commit without one), ``head`` / ``head_rev`` what the repository holds.
     A missing rev counts as older than any rev. Moving back is only ever an
     explicit action: ``Repo.set_head`` (``pypds head --set``) to a stored
-    commit, or ``Repo.import_car`` (``pypds import``) of the older CAR.
+    commit, or ``Repo.import_car`` (``pypds import``) of the older CAR. A
+    source moved back with ``head --set`` breaks every copy this way;
+    ``Repo.revert`` (``pypds revert``) goes back with a new commit instead,
+    which copies follow.
     """
 
     def __init__(
@@ -160,8 +179,10 @@ class RollbackRefused(IntegrityError):
     ) -> None:
         super().__init__(
             f"refusing to move HEAD back: {source} offers commit {_cid_text(offered)} (rev {offered_rev or 'none'}), "
-            f"not newer than HEAD {_cid_text(head)} (rev {head_rev or 'none'}); to move back on purpose, "
-            "use `pypds head PATH --set CID` for a stored commit or `pypds import PATH CAR`"
+            f"not newer than HEAD {_cid_text(head)} (rev {head_rev or 'none'}); if the source was moved "
+            "back with `pypds head --set`, go back there with `pypds revert PATH COMMIT` instead (a new commit "
+            "with the old tree, which copies follow); to move this copy back on purpose, use "
+            "`pypds head PATH --set CID` for a stored commit or `pypds import PATH CAR`"
         )
         self.offered = offered
         self.offered_rev = offered_rev
@@ -195,6 +216,21 @@ class RecordNotFound(NotFound):
 
 class RefNotFound(NotFound):
     """No named ref exists with the given name."""
+
+
+class LoadIncomplete(PypdsError):
+    """A bulk load in several commits stopped after some of them were written.
+
+    ``commits`` are the commits written (each complete: the repository is
+    consistent), ``records`` the writes they hold, ``line`` the first input
+    line not written (None for a directory); the cause is chained.
+    """
+
+    def __init__(self, message: str, *, commits: list, records: int, line: int | None) -> None:
+        super().__init__(message)
+        self.commits = commits
+        self.records = records
+        self.line = line
 
 
 class LimitExceeded(PypdsError):
@@ -242,6 +278,11 @@ class SigningKeyMismatch(RepoStateError):
 
 class RepoBusy(RepoStateError):
     """Another connection held the write lock for longer than ``busy_timeout``."""
+
+
+class HeadMoved(RepoBusy):
+    """Another writer moved HEAD while a write that depends on it (a revert) was being prepared;
+    nothing was written, and trying again builds on the new HEAD."""
 
 
 class StorageError(RepoStateError):

@@ -18,11 +18,12 @@ repository (so any damage accumulates):
      the operation that was in flight (a new commit with a higher rev whose
      tree holds exactly the in-flight writes, or the CAR root of an
      in-flight import), never an older or unknown commit;
-   * ``acked_commits``: every acknowledged commit is still stored, hashes to
+   * ``acked_commits``: every acknowledged commit is still stored (but those a
+     ``gc`` removed: every commit but the HEAD and refs it kept), hashes to
      its CID, is signed by the right key, and its tree is complete and
-     hash-checked; acknowledged puts/deletes/batches are visible in their
-     commit; a sample is checked out through the API, iterated fully and
-     passed to ``set_ref``;
+     hash-checked; acknowledged puts/deletes/batches/reverts are visible in
+     their commit; a sample is checked out through the API, iterated fully
+     and passed to ``set_ref``;
    * ``revs``: revs of new commits strictly increase, across restarts too;
    * ``refs``: each ref points where its last acknowledged ``set_ref`` put it
      (or where an in-flight ``set_ref`` was putting it);
@@ -72,7 +73,9 @@ PROBE_REF = "crash-checker-probe"
 #: iteration, set_ref, exact diff against the previous HEAD), older ones checked that way,
 #: older ones re-walked with hash checks (every new one is always walked)
 API_NEW_SAMPLE, API_OLD_SAMPLE, WALK_OLD_SAMPLE = 4, 2, 8
-NEW_COMMIT_OPS = ("put", "delete", "batch", "checker_put")
+NEW_COMMIT_OPS = ("put", "delete", "batch", "revert", "checker_put")
+#: Operations whose acknowledged commit holds the previous HEAD's tree with their effects applied.
+WRITE_OPS = ("put", "delete", "batch", "revert")
 #: CARs imported by the writer: (file name, records, created before the target repo)
 CAR_SPECS = (("import-1.car", 250, True), ("import-2.car", 1200, False))
 CHECK_NAMES = (
@@ -194,6 +197,12 @@ class _Model:
 
     def known_commits(self) -> list[str]:
         return list(self.commits) + list(self.observed)
+
+    def prune(self, kept: list[str]) -> None:
+        """A gc removed every commit but ``kept`` (HEAD and the refs then): stop requiring the others."""
+        keep = set(kept)
+        self.commits = {cid: ack for cid, ack in self.commits.items() if cid in keep}
+        self.observed = {cid: rev for cid, rev in self.observed.items() if cid in keep}
 
     def add_ack(self, ack: dict) -> None:
         self.acks.append(ack)
@@ -459,6 +468,8 @@ class _Harness:
                 event["effects"] = begin.get("effects")
                 event["prev_head"] = model.last["head"]
                 model.add_ack(event)
+                if event["op"] == "gc":
+                    model.prune(event["kept"])
                 cycle.new_acks.append(event)
                 self.stats.acked_ops += 1
                 self.stats.acked_by_op[event["op"]] += 1
@@ -577,7 +588,7 @@ class _Harness:
         if inflight is None:
             raise _CheckError(f"HEAD is {head} (rev {rev}) but no write was in flight; expected {expected}")
         op = inflight["op"]
-        if op in ("put", "delete", "batch"):
+        if op in WRITE_OPS:
             if head in model.commits or head in model.observed:
                 raise _CheckError(f"HEAD went back to an older commit {head} (rev {rev}); expected {expected}")
             if rev <= model.max_rev:
@@ -610,7 +621,10 @@ class _Harness:
 
     def check_commits(self, repo: Repo, cycle: _Cycle, walker: _TreeWalker) -> None:
         model = self.model
+        if cycle.inflight is not None and cycle.inflight["op"] == "gc":  # it may have removed them, or not
+            model.prune(cycle.inflight["kept"])
         known = model.known_commits()
+        kept = set(known)
         for cid in known:  # every commit ever acknowledged (or seen as HEAD) is still stored
             if cid not in repo.blockstore:
                 first = model.commits.get(cid) or {"op": "(unacknowledged HEAD)", "run": "?", "seq": "?"}
@@ -618,14 +632,14 @@ class _Harness:
                     f"commit {cid} acknowledged by {first['op']} (run {first['run']} seq {first['seq']}) "
                     f"is no longer in the block store"
                 )
-        new_heads = list(dict.fromkeys(a["head"] for a in cycle.new_acks))
+        new_heads = list(dict.fromkeys(a["head"] for a in cycle.new_acks if a["head"] in kept))
         fresh = set(new_heads)
         olds = [c for c in known if c not in fresh]
         sample_old = self.rng.sample(olds, min(WALK_OLD_SAMPLE, len(olds)))
         for cid in new_heads + sample_old:
             walker.commit(cid, model.key_for(cid), "acknowledged commit")
-        for ack in cycle.new_acks:  # what each acknowledged write did is visible in its commit
-            if ack["op"] not in ("put", "delete", "batch"):
+        for ack in cycle.new_acks:  # what each acknowledged write did is visible in its commit (unless gc took it)
+            if ack["op"] not in WRITE_OPS or ack["head"] not in kept:
                 continue
             tree = repo.checkout(ack["head"])
             for path, cid in (ack.get("effects") or {}).items():
@@ -639,14 +653,15 @@ class _Harness:
         # acknowledged writes also that the commit is exactly the previous one plus those writes
         sample = self.rng.sample(cycle.new_acks, min(API_NEW_SAMPLE, len(cycle.new_acks)))
         for ack in sample:
-            if ack["op"] in ("put", "delete", "batch", "checker_put") and ack.get("prev_head"):
+            if ack["op"] in NEW_COMMIT_OPS and ack.get("prev_head") in kept and ack["head"] in kept:
                 problem = _diff_problem(repo, ack["prev_head"], ack["head"], ack.get("effects") or {})
                 if problem:
                     raise _CheckError(
                         f"acknowledged {ack['op']} (run {ack['run']} seq {ack['seq']}) commit {ack['head']} is not "
                         f"its writes applied to the previous HEAD {ack['prev_head']}: {problem}"
                     )
-        api = [model.last["head"], *(a["head"] for a in sample), *self.rng.sample(olds, min(API_OLD_SAMPLE, len(olds)))]
+        sampled = [a["head"] for a in sample if a["head"] in kept]
+        api = [model.last["head"], *sampled, *self.rng.sample(olds, min(API_OLD_SAMPLE, len(olds)))]
         for cid in dict.fromkeys(api):
             sum(1 for _ in repo.checkout(cid))
             repo.set_ref(PROBE_REF, cid)  # checks that the commit's tree is complete

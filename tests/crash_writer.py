@@ -6,7 +6,9 @@ Opens the repository (created beforehand, with a stored key) and loops
 forever, choosing at random: a single put, a single delete of an existing
 record, a batch of 1-50 mixed writes, a ``put_blob`` of 0-300 KB, an
 ``import_car`` of one of the CARs lying next to the repository
-(``import-*.car``), or a ``set_ref``. It is meant to be killed with SIGKILL.
+(``import-*.car``), a ``set_ref``, a ``revert`` to a recent commit, or a
+``gc`` (which always vacuums, keeps every blob file, and removes every
+commit but HEAD and the refs). It is meant to be killed with SIGKILL.
 
 ACK_FILE receives one JSON object per line:
 
@@ -34,7 +36,7 @@ import traceback
 from pathlib import Path
 
 #: operation -> relative weight
-OP_WEIGHTS = {"put": 30, "delete": 12, "batch": 22, "blob": 12, "import": 3, "set_ref": 4}
+OP_WEIGHTS = {"put": 30, "delete": 12, "batch": 22, "blob": 12, "import": 3, "set_ref": 4, "revert": 3, "gc": 2}
 COLLECTIONS = ("app.bsky.feed.post", "app.bsky.feed.like", "app.bsky.graph.follow")
 REF_NAMES = tuple(f"crash-ref-{i}" for i in range(4))
 MAX_BLOB = 300 * 1024
@@ -147,6 +149,10 @@ def run(repo_dir: str, ack_file: str, seed: int) -> None:
             op = "put"
         if op == "import" and not cars:
             op = "batch"
+        target = rng.choice(fixed + list(recent)) if op == "revert" else ""
+        changes = repo.diff(repo.head, target) if op == "revert" else []
+        if op == "revert" and not changes:  # HEAD already has that tree: a revert would write nothing
+            op = "put"
         begin: dict = {"ev": "begin", "run": seed, "seq": seq, "op": op}
         extra: dict = {}
         if op == "put":
@@ -210,6 +216,24 @@ def run(repo_dir: str, ack_file: str, seed: int) -> None:
             log.write(begin, sync=False)
             repo.set_ref(name, target)
             extra = {"name": name, "target": target}
+        elif op == "revert":
+            begin.update(target=target, effects={c.path: None if c.new is None else c.new.encode() for c in changes})
+            log.write(begin, sync=False)
+            repo.revert(target)
+            for change in changes:
+                if change.new is None:
+                    keys.remove(change.path)
+                else:
+                    keys.add(change.path)
+            extra = {"target": target}
+        elif op == "gc":
+            kept = [repo.head.encode(), *(cid.encode() for _name, cid in repo.list_refs())]
+            begin.update(kept=kept)
+            log.write(begin, sync=False)
+            report = repo.gc(blob_grace=1e9, vacuum=True)  # blob files stay: acknowledged blobs must read back
+            fixed = [cid for cid in fixed if cid in repo.blockstore]
+            recent = collections.deque((cid for cid in recent if cid in repo.blockstore), maxlen=100)
+            extra = {"kept": kept, "blocks": report.blocks}
         head = repo.head.encode()
         log.write({"ev": "ack", "run": seed, "seq": seq, "op": op, "head": head, "rev": repo.rev, **extra}, sync=True)
         if not recent or recent[-1] != head:

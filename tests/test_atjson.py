@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pypds import CID, InvalidRecord, LimitExceeded, cid_for_cbor, from_json, to_json
-from pypds.codec.cbor import decode, encode
+from pypds.codec.atjson import loads
+from pypds.codec.cbor import check_data_model, decode, encode
 
 from .conftest import INTEROP, load_json
 
@@ -108,3 +109,45 @@ json_values = st.recursive(
 @given(st.dictionaries(plain_keys, json_values, max_size=5))
 def test_to_json_and_back_is_the_identity(value):
     assert from_json(json.loads(json.dumps(to_json(value)))) == value
+    assert loads(json.dumps(to_json(value))) == value
+
+
+# -- loads: JSON text to DAG-CBOR values in one pass ---------------------------------------------
+
+
+@pytest.mark.parametrize("case", FIXTURES + VALID, ids=lambda c: c.get("cid") or c["note"])
+def test_loads_reads_what_from_json_reads(case):
+    assert loads(json.dumps(case["json"])) == from_json(case["json"])
+
+
+@pytest.mark.parametrize("case", INVALID, ids=lambda c: c["note"])
+def test_loads_then_the_data_model_check_refuses_what_from_json_refuses(case):
+    def read_record(text: str) -> dict:  # as Repo.load reads a value: loads, an object, the data model
+        value = loads(text)
+        if type(value) is not dict:
+            raise InvalidRecord("not an object")
+        check_data_model(value)
+        return value
+
+    with pytest.raises(InvalidRecord):
+        read_record(json.dumps(case["json"]))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": 1, "a": 2}',
+        '{"x": {"$link": "bafyrei"}}',
+        '{"x": {"$link": "bafyreie5cvv4h45feadgeuwhbcutmh6t2ceseocckahdoe6uat64zmz454", "y": 1}}',
+        '{"x": {"$bytes": "not base64!"}}',
+        '{"x": 1.5}',
+        '{"x": 1e400}',
+    ],
+)
+def test_loads_refuses_what_atproto_json_forbids(text):
+    with pytest.raises(InvalidRecord):
+        loads(text)
+
+
+def test_loads_turns_an_integral_float_into_an_int():
+    assert loads('{"n": 123.0, "m": [1E2]}') == {"n": 123, "m": [100]}

@@ -108,7 +108,8 @@ def _command_paths(group: click.Group, prefix: tuple[str, ...] = ()):
 
 def test_every_command_has_help_with_an_example(capsys):
     paths = list(_command_paths(cli))
-    assert len(paths) == 26  # 20 commands (serve, download and push included), ref ls|set|rm, blob put|get|ls
+    # 25 commands (serve, resolve, download and push included), ref ls|set|rm, blob put|get|ls|missing|export
+    assert len(paths) == 33
     for path in paths:
         code, out, err = run(capsys, *path, "--help")
         assert code == 0 and err == ""
@@ -236,7 +237,7 @@ def test_collections(capsys, car):
 
 def test_rm_and_record_errors(capsys, monkeypatch, alice, tmp_path):
     info = run_json(capsys, "rm", alice, POST, "p000")
-    assert info["path"] == f"{POST}/p000"
+    assert info["paths"] == [f"{POST}/p000"]
     assert "no record at app.bsky.feed.post/p000" in assert_error(capsys, 2, "get", alice, POST, "p000")
     assert assert_error(capsys, 2, "rm", alice, POST, "p000")
     assert "record key" in assert_error(capsys, 2, "get", alice, POST, "..")
@@ -613,9 +614,9 @@ def test_blobs(capsys, monkeypatch, alice, tmp_path):
     assert code == 0 and out.splitlines()[0].startswith("cid       bafkrei")
 
     listed = run_json(capsys, "blob", "ls", alice)
-    assert {"cid": cid, "size": 15} in listed and len(listed) == 2
+    assert {"cid": cid, "size": 15, "mimeType": "image/png"} in listed and len(listed) == 2
     code, out, _ = run(capsys, "blob", "ls", alice)
-    assert f"{cid}  15" in out
+    assert f"{cid}  15  image/png" in out
 
     copy = tmp_path / "copy.png"
     assert run(capsys, "blob", "get", alice, cid, "-o", copy)[0] == 0

@@ -51,6 +51,14 @@ def _damage_db(repo_dir: Path, sql: str, *params) -> None:
         conn.close()
 
 
+def _stored(repo_dir: Path, cid: CID) -> bool:
+    conn = apsw.Connection(str(repo_dir / "pds.db"))
+    try:
+        return conn.execute("SELECT 1 FROM blocks WHERE cid = ?", (cid.cid_bytes,)).fetchone() is not None
+    finally:
+        conn.close()
+
+
 def _last(acks: list[dict], *ops: str) -> dict:
     return next(a for a in reversed(acks) if a["op"] in ops)
 
@@ -71,7 +79,11 @@ def test_checks_catch_damage(tmp_path, damage):
             _damage_db(repo_dir, "DELETE FROM blocks WHERE cid = ?", CID.decode(ack["cid"]).cid_bytes)
         elif damage == "head-rolled-back":
             ops = ("put", "delete", "batch", "checker_put", "create")
-            older = next(a for a in reversed(acks) if a["op"] in ops and a["head"] != acks[-1]["head"])
+            older_heads = [a for a in reversed(acks) if a["op"] in ops and a["head"] != acks[-1]["head"]]
+            stored = [a for a in older_heads if _stored(repo_dir, CID.decode(a["head"]))]  # not taken by a gc
+            if not stored:
+                return  # wait for a cycle with an older commit still stored
+            older = stored[0]
             _damage_db(repo_dir, "UPDATE meta SET value = ? WHERE key = 'head'", CID.decode(older["head"]).cid_bytes)
             _damage_db(repo_dir, "UPDATE meta SET value = ? WHERE key = 'rev'", older["rev"])
         else:

@@ -248,7 +248,8 @@ def test_version_1_store_is_migrated_on_open(tmp_path):
     Repo.create(tmp_path / "r", DID).close()
     conn = apsw.Connection(str(tmp_path / "r" / "pds.db"))
     conn.execute(
-        "DROP TABLE commits; DROP TABLE paths; DELETE FROM meta WHERE key = 'index_head'; PRAGMA user_version = 1"
+        "DROP TABLE commits; DROP TABLE paths; DROP TABLE blob_types; DELETE FROM meta WHERE key = 'index_head';"
+        "PRAGMA user_version = 1"
     )
     conn.close()
     with Repo.open(tmp_path / "r") as repo:

@@ -755,7 +755,8 @@ def test_version_3_store_gets_rowid_blocks_on_open(tmp_path):
     conn.execute(
         "ALTER TABLE blocks RENAME TO blocks_v4;"
         "CREATE TABLE blocks (cid BLOB PRIMARY KEY, rev TEXT NOT NULL, data BLOB NOT NULL) WITHOUT ROWID;"
-        "INSERT INTO blocks SELECT cid, rev, data FROM blocks_v4; DROP TABLE blocks_v4; PRAGMA user_version = 3"
+        "INSERT INTO blocks SELECT cid, rev, data FROM blocks_v4; DROP TABLE blocks_v4; DROP TABLE blob_types;"
+        "PRAGMA user_version = 3"
     )
     conn.close()
     with Repo.open(path) as repo:

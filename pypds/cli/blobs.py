@@ -1,4 +1,4 @@
-"""Commands on blobs: blob put/get/ls."""
+"""Commands on blobs: blob put/get/ls/missing/export."""
 
 from __future__ import annotations
 
@@ -15,11 +15,14 @@ from ..errors import (
 from .common import (
     CID_TYPE,
     MAX_BLOB_INPUT_BYTES,
+    Progress,
     binary_output,
+    echo,
     emit_json,
     json_option,
     open_repo,
     print_rows,
+    quiet_option,
     read_capped,
 )
 
@@ -82,26 +85,72 @@ def blob_get_cmd(path: str, cid: CID, output: str | None) -> None:
 @click.argument("path")
 @json_option
 def blob_ls_cmd(path: str, as_json: bool) -> None:
-    """List stored blobs with their sizes.
+    """List stored blobs with their sizes and MIME types (unknown for blobs stored without one:
+    downloaded, or put by an older pypds).
 
     \b
     Example:
       pypds blob ls ./alice
     """
     with open_repo(path) as repo:
-        cids = repo.list_blobs(stored=True)
+        blobs = [(cid, repo.blob_type(cid)) for cid in repo.list_blobs(stored=True)]
         folder = repo.path / "blobs"
-    sizes: list[tuple[str, int | None]] = []
-    for cid in cids:
+    rows: list[tuple[str, int | None, str | None]] = []
+    for cid, mime in blobs:
         name = cid.encode()
         try:
-            sizes.append((name, (folder / name[:2] / name).stat().st_size))
+            rows.append((name, (folder / name[:2] / name).stat().st_size, mime))
         except OSError:
-            sizes.append((name, None))
+            rows.append((name, None, mime))
     if as_json:
-        emit_json([{"cid": name, "size": size} for name, size in sizes])
+        emit_json([{"cid": name, "size": size, "mimeType": mime} for name, size, mime in rows])
     else:
-        print_rows([(name, "?" if size is None else str(size)) for name, size in sizes])
+        print_rows([(name, "?" if size is None else str(size), mime or "unknown") for name, size, mime in rows])
+
+
+@blob_group.command("missing", short_help="List blobs records reference but that are not stored.")
+@click.argument("path")
+@json_option
+def blob_missing_cmd(path: str, as_json: bool) -> None:
+    """List the blobs records at HEAD reference that are not stored here (in key order of first use).
+
+    `pypds download HANDLE -o PATH --since --blobs` fetches what the PDS still has.
+
+    \b
+    Example:
+      pypds blob missing ./alice
+    """
+    with open_repo(path) as repo:
+        missing = [cid.encode() for cid in repo.missing_blobs()]
+    if as_json:
+        emit_json(missing)
+    else:
+        for name in missing:
+            echo(name)
+
+
+@blob_group.command("export", short_help="Copy every blob into a directory, named by CID.")
+@click.argument("path")
+@click.argument("directory", metavar="DIR")
+@json_option
+@quiet_option
+def blob_export_cmd(path: str, directory: str, as_json: bool, quiet: bool) -> None:
+    """Copy every stored blob into DIR as <CID>, with the usual extension of its MIME type when it is
+    known (<CID>.png, <CID>.jpg): the images and videos of the repository, as files.
+
+    Every byte is checked against the CID before it is written; each file
+    is written whole or not at all, and an existing one is replaced.
+
+    \b
+    Example:
+      pypds blob export ./alice alice-blobs
+    """
+    with open_repo(path) as repo, Progress.create(quiet).stages("blobs") as report:
+        written = repo.export_blobs(directory, progress=lambda done, total: report("exporting", done, total))
+    if as_json:
+        emit_json([{"cid": cid.encode(), "file": str(file)} for cid, file in written])
+    else:
+        echo(f"exported {len(written)} blob{'' if len(written) == 1 else 's'} to {directory}")
 
 
 BLOB_COMMANDS = [blob_group]

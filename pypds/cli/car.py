@@ -19,9 +19,11 @@ from ..repo.repo import (
 )
 from .common import (
     DIDKEY_TYPE,
+    CommitChoice,
     InputError,
     Progress,
     binary_output,
+    commit_options,
     echo,
     emit_json,
     human_size,
@@ -30,7 +32,6 @@ from .common import (
     open_repo,
     open_source,
     quiet_option,
-    resolve_commit,
     rev_text,
     warn,
 )
@@ -93,10 +94,10 @@ def import_cmd(path: str, car: str, key: PublicKey | None, as_json: bool, quiet:
 @click.command("export", short_help="Write a repository as a CAR.")
 @click.argument("path")
 @click.option("-o", "--output", metavar="OUT.car", help="Output file (default or -: stdout).")
-@click.option("--commit", "commit_spec", metavar="REF|CID", help="Export this ref or commit instead of HEAD.")
+@commit_options
 @json_option
 @quiet_option
-def export_cmd(path: str, output: str | None, commit_spec: str | None, as_json: bool, quiet: bool) -> None:
+def export_cmd(path: str, output: str | None, at: CommitChoice, as_json: bool, quiet: bool) -> None:
     """Write the repository as a CAR: commit, every MST node, every record, in stream order.
 
     A file is written atomically; a summary is printed only then.
@@ -110,7 +111,7 @@ def export_cmd(path: str, output: str | None, commit_spec: str | None, as_json: 
         raise click.UsageError("--json needs -o FILE (stdout carries the CAR)")
     progress = Progress.create(quiet)
     with open_repo(path) as repo:
-        commit = repo.head if commit_spec is None else resolve_commit(repo, commit_spec)
+        commit = at.resolve(repo, path) or repo.head
         with binary_output(output, "a CAR") as stream, progress.writing(stream, "exporting") as writer:
             repo.export_car(writer, commit=commit)
         rev = repo.commit(commit).rev

@@ -324,8 +324,12 @@ def open_source(name: str, progress: Progress) -> Iterator[Source]:
             yield Source(name, "car", repo, reader.count)
 
 
-def resolve_commit(repo: Repo, spec: str) -> CID:
-    """``HEAD``, a ref name or a commit CID of ``repo``; an unknown or non-commit CID is an input error."""
+def resolve_commit(repo: Repo, spec: str, where: str | None = None) -> CID:
+    """``HEAD``, a ref name or a commit CID of ``repo``; an unknown or non-commit CID is an input error.
+
+    ``where`` names the repository in messages (default its path).
+    """
+    where = str(repo.path) if where is None else where
     if spec == "HEAD":
         return repo.head
     named = repo.ref(spec) if spec and spec.isprintable() and len(spec) <= 256 else None
@@ -334,14 +338,54 @@ def resolve_commit(repo: Repo, spec: str) -> CID:
     try:
         cid = parse_cid(spec, allow_raw=False)
     except PypdsError:
-        raise InputError(f"{spec!r} is neither HEAD, a ref of {repo.path} nor a commit CID") from None
+        raise InputError(f"{spec!r} is neither HEAD, a ref of {where} nor a commit CID") from None
     try:
         repo.commit(cid)
     except MissingBlock:
-        raise InputError(f"no commit {spec} in {repo.path}") from None
+        raise InputError(f"no commit {spec} in {where}") from None
     except InvalidCommit:
         raise InputError(f"{spec} is not a commit") from None
     return cid
+
+
+@dataclass(frozen=True)
+class CommitChoice:
+    """The commit a read command reads: ``--commit`` (a CID, a ref name or HEAD), ``--ref`` (a ref
+    name only), or neither (HEAD)."""
+
+    commit: str | None
+    ref: str | None
+
+    def resolve(self, repo: Repo, where: str) -> CID | None:
+        """The chosen commit of ``repo`` (None for HEAD); unknown ones are input errors naming ``where``."""
+        if self.ref is not None:
+            cid = repo.ref(self.ref)
+            if cid is None:
+                known = ", ".join(name for name, _cid in repo.list_refs()) or "none"
+                raise InputError(f"no ref named {self.ref!r} in {where} (refs: {known})")
+            return cid
+        return None if self.commit is None else resolve_commit(repo, self.commit, where)
+
+
+def commit_options(func: F) -> F:
+    """``--commit CID`` / ``--ref NAME`` on a read command; it receives them as ``at: CommitChoice``."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, commit_spec: str | None, ref_name: str | None, **kwargs: Any) -> Any:
+        if commit_spec is not None and ref_name is not None:
+            raise click.UsageError("give --commit or --ref, not both")
+        return func(*args, at=CommitChoice(commit_spec, ref_name), **kwargs)
+
+    wrapper = click.option("--ref", "ref_name", metavar="NAME", help="Read the commit this named ref points to.")(
+        wrapper
+    )
+    wrapper = click.option(
+        "--commit",
+        "commit_spec",
+        metavar="CID",
+        help="Read this stored commit instead of HEAD (a ref name works too).",
+    )(wrapper)
+    return wrapper  # type: ignore[return-value]
 
 
 # -- progress ------------------------------------------------------------------
@@ -430,6 +474,27 @@ class Progress:
     def steps(self, description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
         with self._bar(description, total, bytes_=False) as advance:
             yield advance or (lambda n: None)
+
+    @contextmanager
+    def stages(self, verb: str) -> Iterator[Callable[[str, int, int | None], None]]:
+        """A ``progress(stage, done, total)`` callback: one counting bar per stage, ``"<stage> ..."``."""
+        if not self.enabled:
+            yield lambda _stage, _done, _total: None
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichProgress
+
+        columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
+        with RichProgress(*columns, TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+            tasks: dict[str, Any] = {}
+
+            def update(stage: str, done: int, total: int | None) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(f"{stage} {verb}", total=total)
+                bar.update(tasks[stage], completed=done, total=total)
+
+            yield update
 
 
 # -- output --------------------------------------------------------------------

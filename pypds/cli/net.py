@@ -1,4 +1,4 @@
-"""Network commands: ``serve`` (the sync API over HTTP) and ``download`` (by handle or DID).
+"""Network commands: ``serve`` (the sync API over HTTP), ``resolve`` and ``download`` (by handle or DID), ``push``.
 
 The network modules (aiohttp, dnspython) are imported when one of these
 commands runs, not when the command line starts.
@@ -6,11 +6,12 @@ commands runs, not when the command line starts.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import click
@@ -24,13 +25,17 @@ from .common import (
     emit_json,
     human_size,
     json_option,
+    print_rows,
     quiet_option,
     signing_key_options,
 )
 
 if TYPE_CHECKING:
     from ..net.downloader import BlobFailure, DownloadReport
+    from ..net.identity import Identity, ResolverConfig
     from ..net.pusher import PushReport
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_PLC_URL = "https://plc.directory"  # pypds.net.identity.DEFAULT_PLC_URL, without importing it
 
@@ -173,6 +178,118 @@ def _print_identity_hint(url: str, handles: dict[str, str], dids: list[str]) -> 
     click.echo(f"  pypds download {example} -o COPY --plc-url {url} --web-base {url} --allow-private-network", err=True)
 
 
+# -- resolve -----------------------------------------------------------------------------------
+
+
+def resolver_options(func: F) -> F:
+    """The options saying where identities are looked up; the command receives ``config: ResolverConfig``."""
+
+    @functools.wraps(func)
+    def wrapper(
+        *args: Any,
+        plc_url: str,
+        nameservers: tuple[str, ...],
+        web_base: str | None,
+        timeout: float,
+        allow_private_network: bool,
+        **kwargs: Any,
+    ) -> Any:
+        from ..net.identity import ResolverConfig
+
+        config = ResolverConfig(
+            plc_url=_http_url(plc_url, "--plc-url") or DEFAULT_PLC_URL,
+            nameservers=nameservers,
+            web_base=_http_url(web_base, "--web-base"),
+            timeout=timeout,
+            allow_private_network=allow_private_network,
+        )
+        return func(*args, config=config, **kwargs)
+
+    options = [
+        click.option(
+            "--allow-private-network",
+            is_flag=True,
+            help="Allow a PDS, did:web or handle host, or redirect at a loopback or private address "
+            "(--plc-url and --web-base are always allowed).",
+        ),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            default=10.0,
+            show_default=True,
+            help="Seconds for each connection, read or DNS query.",
+        ),
+        click.option(
+            "--web-base",
+            metavar="URL",
+            help="Base URL for handle (/.well-known/atproto-did) and did:web (/.well-known/did.json) lookups "
+            "instead of https://HOST: {host} in it is replaced by the host; without {host}, every host is "
+            "reached at URL with the host in the Host header.",
+        ),
+        click.option(
+            "--dns",
+            "nameservers",
+            multiple=True,
+            metavar="HOST[:PORT]",
+            envvar="PYPDS_DNS",
+            show_envvar=True,
+            help="DNS server for the _atproto.<handle> TXT lookup; repeatable (default: the system resolver).",
+        ),
+        click.option(
+            "--plc-url",
+            metavar="URL",
+            envvar="PYPDS_PLC_URL",
+            show_envvar=True,
+            default=DEFAULT_PLC_URL,
+            show_default=True,
+            help="PLC directory for did:plc documents.",
+        ),
+    ]
+    for option in options:
+        wrapper = option(wrapper)
+    return wrapper  # type: ignore[return-value]
+
+
+@click.command("resolve", short_help="Resolve a handle or DID: DID document, PDS, signing key.")
+@click.argument("identifier", metavar="HANDLE|DID")
+@resolver_options
+@json_option
+def resolve_cmd(identifier: str, config: ResolverConfig, as_json: bool) -> None:
+    """Resolve a handle or a DID: its DID, verified handle, PDS, signing key and DID document.
+
+    A handle is looked up by DNS (_atproto.<handle> TXT) and HTTPS
+    (/.well-known/atproto-did) at once, and its DID document must claim it.
+    From a DID, the handle the document claims is reported as verified only
+    if it resolves back to the DID. --json prints the whole DID document too.
+
+    \b
+    Examples (the second on one machine, from `pypds serve ./alice --identity
+    --handle alice.test=./alice --port 2583`):
+      pypds resolve alice.bsky.social
+      pypds resolve alice.test --plc-url http://127.0.0.1:2583 --web-base http://127.0.0.1:2583 \\
+          --allow-private-network --json
+    """
+    from ..net.identity import claimed_handles, resolve
+
+    identity = resolve(identifier, config=config)
+    claimed = claimed_handles(identity.document)
+    info = {**identity.to_json(), "handleVerified": identity.handle is not None, "claimedHandles": claimed}
+    if as_json:
+        emit_json({**info, "document": identity.document})
+    else:
+        _print_identity(identity, claimed)
+
+
+def _print_identity(identity: Identity, claimed: list[str]) -> None:
+    if identity.handle is not None:
+        handle = f"{identity.handle} (verified: it resolves to this DID and the document claims it)"
+    elif claimed:
+        handle = f"{claimed[0]} claimed, NOT verified: it does not resolve back to this DID"
+    else:
+        handle = "none claimed"
+    print_rows([("did", identity.did), ("handle", handle), ("pds", identity.pds), ("signing key", identity.did_key)])
+
+
 # -- download ----------------------------------------------------------------------------------
 
 MAX_CAR_SIZE = 16 << 30  # pypds.net.downloader.MAX_CAR_BYTES, without importing it
@@ -200,38 +317,7 @@ class SizeType(click.ParamType):
 @click.option("-o", "--output", "path", required=True, metavar="PATH", help="Repository directory to create or update.")
 @click.option("--blobs", is_flag=True, help="Also fetch every blob not stored yet (a rerun resumes).")
 @click.option("--since", is_flag=True, help="Update an existing copy with only what changed since its rev.")
-@click.option(
-    "--plc-url",
-    metavar="URL",
-    envvar="PYPDS_PLC_URL",
-    show_envvar=True,
-    default=DEFAULT_PLC_URL,
-    show_default=True,
-    help="PLC directory for did:plc documents.",
-)
-@click.option(
-    "--dns",
-    "nameservers",
-    multiple=True,
-    metavar="HOST[:PORT]",
-    envvar="PYPDS_DNS",
-    show_envvar=True,
-    help="DNS server for the _atproto.<handle> TXT lookup; repeatable (default: the system resolver).",
-)
-@click.option(
-    "--web-base",
-    metavar="URL",
-    help="Base URL for handle (/.well-known/atproto-did) and did:web (/.well-known/did.json) lookups "
-    "instead of https://HOST: {host} in it is replaced by the host; without {host}, every host is "
-    "reached at URL with the host in the Host header.",
-)
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=10.0,
-    show_default=True,
-    help="Seconds for each connection, read or DNS query.",
-)
+@resolver_options
 @click.option(
     "--retries", type=click.IntRange(min=0), default=3, show_default=True, help="Retries of a failed request."
 )
@@ -256,12 +342,6 @@ class SizeType(click.ParamType):
     show_default=True,
     help="Largest repository CAR accepted (it is spooled to a temporary file beside PATH).",
 )
-@click.option(
-    "--allow-private-network",
-    is_flag=True,
-    help="Allow a PDS, did:web or handle host, or redirect at a loopback or private address "
-    "(--plc-url and --web-base are always allowed).",
-)
 @json_option
 @quiet_option
 def download_cmd(
@@ -269,15 +349,11 @@ def download_cmd(
     path: str,
     blobs: bool,
     since: bool,
-    plc_url: str,
-    nameservers: tuple[str, ...],
-    web_base: str | None,
-    timeout: float,
+    config: ResolverConfig,
     retries: int,
     min_rate: float,
     deadline: float | None,
     max_car_size: int,
-    allow_private_network: bool,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -305,15 +381,7 @@ def download_cmd(
           --web-base http://127.0.0.1:2583 --allow-private-network
     """
     from ..net.downloader import DownloadOptions, download
-    from ..net.identity import ResolverConfig
 
-    config = ResolverConfig(
-        plc_url=_http_url(plc_url, "--plc-url") or DEFAULT_PLC_URL,
-        nameservers=nameservers,
-        web_base=_http_url(web_base, "--web-base"),
-        timeout=timeout,
-        allow_private_network=allow_private_network,
-    )
     if Path(path).is_file():
         raise InputError(f"{path} is a file, not a repository directory")
     options = DownloadOptions(retries=retries, min_rate=min_rate, deadline=deadline, max_car_bytes=max_car_size)
@@ -519,4 +587,4 @@ def _print_push_report(report: PushReport) -> None:
         echo(f"pds head {report.pds_head.encode()} ({same})")
 
 
-NET_COMMANDS = [serve_cmd, download_cmd, push_cmd]
+NET_COMMANDS = [serve_cmd, resolve_cmd, download_cmd, push_cmd]

@@ -1,8 +1,9 @@
-"""Commands on records: ls, get, collections, unpack, put, rm."""
+"""Commands on records: ls, get, collections, dump, unpack, put, rm, load."""
 
 from __future__ import annotations
 
 import json
+import sys
 from collections import (
     Counter,
 )
@@ -23,16 +24,21 @@ from ..codec.cid import (
     CID,
 )
 from ..errors import (
-    MissingBlock,
     RecordNotFound,
 )
+from ..repo.repo import (
+    Repo,
+)
 from .common import (
+    CommitChoice,
     InputError,
     Progress,
     Signer,
+    commit_options,
     echo,
     emit_json,
     json_option,
+    open_input,
     open_repo,
     open_source,
     print_info,
@@ -49,33 +55,43 @@ from .common import (
 @click.option("--limit", type=click.IntRange(min=0), help="Print at most this many records.")
 @click.option("--cursor", metavar="RKEY", help="Start after this record key (needs COLLECTION).")
 @click.option("--reverse", is_flag=True, help="Largest key first.")
+@commit_options
 @json_option
 @quiet_option
 def ls_cmd(
-    src: str, collection: str | None, limit: int | None, cursor: str | None, reverse: bool, as_json: bool, quiet: bool
+    src: str,
+    collection: str | None,
+    limit: int | None,
+    cursor: str | None,
+    reverse: bool,
+    at: CommitChoice,
+    as_json: bool,
+    quiet: bool,
 ) -> None:
     """List record paths and their CIDs, in key order.
 
     SRC is a repository directory or a CAR file (- for stdin). With
-    COLLECTION only that collection is listed.
+    COLLECTION only that collection is listed; with --commit or --ref, an
+    older commit's records.
 
     \b
-    Example:
+    Examples:
       pypds ls ./alice app.bsky.feed.post --limit 10
+      pypds ls ./alice --ref before-cleanup
     """
     if cursor is not None and collection is None:
         raise click.UsageError("--cursor needs a COLLECTION")
     with open_source(src, Progress.create(quiet)) as source:
         repo = source.repo
+        commit = at.resolve(repo, src)
         if collection is not None:
-            listed = repo.list(collection, limit=limit, cursor=cursor, reverse=reverse)
+            listed = repo.list(collection, limit=limit, cursor=cursor, reverse=reverse, commit=commit)
             rows = [(f"{collection}/{rkey}", cid) for rkey, cid in listed]
-            if not rows and cursor is None and limit != 0 and collection not in repo.collections():
-                known = ", ".join(repo.collections()) or "none"
-                raise InputError(f"no collection {collection} in {src} (collections: {known})")
+            if not rows and cursor is None and limit != 0:
+                _check_collection(repo, collection, commit, src)
         else:
             rows = []
-            for path, cid in repo.checkout().items(reverse=reverse):
+            for path, cid in repo.checkout(commit).items(reverse=reverse):
                 if limit is not None and len(rows) >= limit:
                     break
                 rows.append((path, cid))
@@ -85,6 +101,13 @@ def ls_cmd(
         print_rows([(path, cid.encode()) for path, cid in rows])
 
 
+def _check_collection(repo: Repo, collection: str, commit: CID | None, src: str) -> None:
+    """InputError unless ``collection`` holds records at the commit read (a listing found none)."""
+    known = repo.collections(commit=commit)
+    if collection not in known:
+        raise InputError(f"no collection {collection} in {src} (collections: {', '.join(known) or 'none'})")
+
+
 def _path_json(path: str, cid: CID) -> dict:
     collection, rkey = path.split("/", 1)
     return {"path": path, "collection": collection, "rkey": rkey, "cid": cid.encode()}
@@ -92,9 +115,10 @@ def _path_json(path: str, cid: CID) -> dict:
 
 @click.command("collections", short_help="List collections with record counts.")
 @click.argument("src")
+@commit_options
 @json_option
 @quiet_option
-def collections_cmd(src: str, as_json: bool, quiet: bool) -> None:
+def collections_cmd(src: str, at: CommitChoice, as_json: bool, quiet: bool) -> None:
     """List the collections that hold records, with their record counts.
 
     \b
@@ -102,7 +126,8 @@ def collections_cmd(src: str, as_json: bool, quiet: bool) -> None:
       pypds collections alice.car
     """
     with open_source(src, Progress.create(quiet)) as source:
-        counts = Counter(path.split("/", 1)[0] for path, _cid in source.repo.checkout().items())
+        tree = source.repo.checkout(at.resolve(source.repo, src))
+        counts = Counter(path.split("/", 1)[0] for path, _cid in tree.items())
     if as_json:
         emit_json([{"collection": name, "records": counts[name]} for name in sorted(counts)])
     else:
@@ -114,20 +139,24 @@ def collections_cmd(src: str, as_json: bool, quiet: bool) -> None:
 @click.argument("collection")
 @click.argument("rkey")
 @click.option("--json", "as_json", is_flag=True, help='Wrap the record: {"path", "cid", "value"}.')
+@commit_options
 @quiet_option
-def get_cmd(src: str, collection: str, rkey: str, as_json: bool, quiet: bool) -> None:
+def get_cmd(src: str, collection: str, rkey: str, as_json: bool, at: CommitChoice, quiet: bool) -> None:
     """Print one record as atproto JSON ($link for CIDs, $bytes for bytes).
 
     \b
-    Example:
+    Examples:
       pypds get ./alice app.bsky.feed.post 3jui7kd54zh2y
+      pypds get ./alice app.bsky.feed.post 3jui7kd54zh2y --ref before-cleanup
     """
     with open_source(src, Progress.create(quiet)) as source:
         repo = source.repo
-        cid = repo.find_cid(collection, rkey)
-        value = repo.find(collection, rkey)
+        commit = at.resolve(repo, src)
+        cid = repo.find_cid(collection, rkey, commit=commit)
+        value = repo.find(collection, rkey, commit=commit)
     if cid is None or value is None:
-        raise RecordNotFound(f"no record at {collection}/{rkey} in {src}")
+        where = src if commit is None else f"{src} at {commit.encode()}"
+        raise RecordNotFound(f"no record at {collection}/{rkey} in {where}")
     if as_json:
         emit_json({"path": f"{collection}/{rkey}", "cid": cid.encode(), "value": to_json(value)})
     else:
@@ -138,10 +167,13 @@ def get_cmd(src: str, collection: str, rkey: str, as_json: bool, quiet: bool) ->
 @click.argument("src")
 @click.option("-o", "--output", "out_dir", required=True, metavar="DIR", help="Directory to write into.")
 @click.option("--force", is_flag=True, help="Write into a directory that is not empty.")
+@commit_options
 @json_option
 @quiet_option
-def unpack_cmd(src: str, out_dir: str, force: bool, as_json: bool, quiet: bool) -> None:
+def unpack_cmd(src: str, out_dir: str, force: bool, at: CommitChoice, as_json: bool, quiet: bool) -> None:
     """Write every record as DIR/<collection>/<rkey>.json, plus DIR/_commit.json.
+
+    `pypds load PATH DIR` writes such a directory back into a repository.
 
     \b
     Example:
@@ -158,21 +190,17 @@ def unpack_cmd(src: str, out_dir: str, force: bool, as_json: bool, quiet: bool) 
     counts: Counter = Counter()
     with open_source(src, progress) as source:
         repo = source.repo
-        head = repo.head
-        tree = repo.checkout()
-        total = len(tree) if progress.enabled else None
+        head = at.resolve(repo, src) or repo.head
+        total = len(repo.checkout(head)) if progress.enabled else None
         target.mkdir(parents=True, exist_ok=True)
         _write_json(target / "_commit.json", cbor.decode(repo.blockstore.get(head) or b"", "commit"))
         with progress.steps("unpacking", total) as advance:
-            for path, cid in tree.items():
+            for path, _cid, value in repo.records(commit=head):
                 collection, rkey = path.split("/", 1)
-                data = repo.blockstore.get(cid)
-                if data is None:
-                    raise MissingBlock(f"record {cid.encode()} for {path} is missing", cid)
                 folder = target / collection
                 if collection not in counts:
                     folder.mkdir(exist_ok=True)
-                _write_json(folder / f"{rkey}.json", cbor.decode(data, path))
+                _write_json(folder / f"{rkey}.json", value)
                 counts[collection] += 1
                 advance(1)
     records = sum(counts.values())
@@ -210,23 +238,119 @@ def put_cmd(path: str, collection: str, rkey: str, file: str, signer: Signer, as
     print_info(info, as_json)
 
 
-@click.command("rm", short_help="Delete a record.")
+@click.command("rm", short_help="Delete records.")
 @click.argument("path")
 @click.argument("collection")
-@click.argument("rkey")
+@click.argument("rkeys", metavar="RKEY...", nargs=-1, required=True)
 @signing_key_options
 @json_option
-def rm_cmd(path: str, collection: str, rkey: str, signer: Signer, as_json: bool) -> None:
-    """Delete a record in one signed commit.
+def rm_cmd(path: str, collection: str, rkeys: tuple[str, ...], signer: Signer, as_json: bool) -> None:
+    """Delete one or more records of a collection, all in one signed commit.
+
+    If any of them does not exist, nothing is deleted.
 
     \b
     Example:
-      pypds rm ./alice app.bsky.feed.post 3jui7kd54zh2y
+      pypds rm ./alice app.bsky.feed.post 3jui7kd54zh2y 3jui7kd54zh3a
     """
+    keys = list(dict.fromkeys(rkeys))  # a key given twice is deleted once
     with open_repo(path, signer=signer) as repo:
-        repo.delete(collection, rkey)
-        info = {"path": f"{collection}/{rkey}", "commit": repo.head.encode(), "rev": repo.rev}
-    print_info(info, as_json)
+        with repo.batch() as batch:
+            for rkey in keys:
+                batch.delete(collection, rkey)
+        paths = [f"{collection}/{rkey}" for rkey in keys]
+        commit, rev = repo.head.encode(), repo.rev
+    if as_json:
+        emit_json({"paths": paths, "commit": commit, "rev": rev})
+    else:
+        print_rows([*(("path", p) for p in paths), ("commit", commit), ("rev", str(rev))])
 
 
-RECORD_COMMANDS = [ls_cmd, get_cmd, collections_cmd, unpack_cmd, put_cmd, rm_cmd]
+@click.command("dump", short_help="Print every record as JSON Lines.")
+@click.argument("src")
+@click.argument("collection", required=False)
+@commit_options
+@quiet_option
+def dump_cmd(src: str, collection: str | None, at: CommitChoice, quiet: bool) -> None:
+    """Print every record (or every record of COLLECTION) as JSON Lines, in key order.
+
+    Each line is {"path", "cid", "value"} with the value in atproto JSON:
+    what `pypds load` reads back. Records are read a page at a time, so
+    memory does not grow with the repository.
+
+    \b
+    Examples:
+      pypds dump ./alice > alice.jsonl
+      pypds dump alice.car app.bsky.feed.post
+    """
+    with open_source(src, Progress.create(quiet)) as source:
+        repo = source.repo
+        commit = at.resolve(repo, src)
+        count = 0
+        for path, cid, value in repo.records(collection, commit=commit):
+            click.echo(json.dumps({"path": path, "cid": cid.encode(), "value": to_json(value)}, ensure_ascii=False))
+            count += 1
+        if collection is not None and not count:
+            _check_collection(repo, collection, commit, src)
+
+
+@click.command("load", short_help="Write many records from JSON Lines or a directory.")
+@click.argument("path")
+@click.argument("src", metavar="SRC|-")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Commit every N writes (each a signed commit; memory holds one batch) instead of all in one commit.",
+)
+@signing_key_options
+@json_option
+@quiet_option
+def load_cmd(path: str, src: str, batch_size: int | None, signer: Signer, as_json: bool, quiet: bool) -> None:
+    """Write many records in one signed commit (or one per --batch-size N writes).
+
+    SRC is JSON Lines (a file, or - for stdin) or a directory laid out as
+    `pypds unpack` writes it (DIR/<collection>/<rkey>.json). A line puts a
+    record, {"collection", "rkey", "value"} or {"path", "value"} (the value
+    in atproto JSON; a "cid", as `pypds dump` prints, must match it), or
+    deletes one, {"delete": "collection/rkey"}. Every line is checked
+    before anything is written: one bad line stops the load with its line
+    number and writes nothing.
+
+    \b
+    Examples:
+      pypds dump alice.car | pypds load ./bob -
+      pypds unpack alice.car -o alice-records && pypds load ./bob alice-records --batch-size 1000
+    """
+    progress = Progress.create(quiet)
+    with open_repo(path, signer=signer) as repo, progress.stages("records") as report:
+        if src == "-":
+            result = repo.load(sys.stdin.buffer, batch_size=batch_size, name="stdin", progress=report)
+        elif Path(src).is_dir():
+            result = repo.load(src, batch_size=batch_size, progress=report)
+        else:
+            with open_input(src) as (stream, _size):
+                result = repo.load(stream, batch_size=batch_size, name=src, progress=report)
+    info = {
+        "path": path,
+        "records": result.records,
+        "deleted": result.deleted,
+        "commits": [cid.encode() for cid in result.commits],
+        "head": result.head.encode(),
+        "rev": result.rev,
+    }
+    if as_json:
+        emit_json(info)
+    else:
+        echo(
+            f"loaded {_count(result.records, 'record')}, deleted {result.deleted}, "
+            f"in {_count(len(result.commits), 'commit')} into {path}"
+        )
+        echo(f"head {info['head']}  rev {result.rev}")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+RECORD_COMMANDS = [ls_cmd, get_cmd, collections_cmd, dump_cmd, unpack_cmd, put_cmd, rm_cmd, load_cmd]

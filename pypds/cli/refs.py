@@ -1,10 +1,14 @@
-"""Commands on HEAD and named refs: head, ref ls/set/rm."""
+"""Commands on HEAD, history and named refs: head, revert, ref ls/set/rm."""
 
 from __future__ import annotations
+
+from collections import Counter
 
 import click
 
 from .common import (
+    Signer,
+    echo,
     emit_json,
     json_option,
     open_repo,
@@ -12,6 +16,7 @@ from .common import (
     print_rows,
     resolve_commit,
     rev_text,
+    signing_key_options,
 )
 
 
@@ -83,6 +88,10 @@ def ref_rm_cmd(path: str, name: str) -> None:
 def head_cmd(path: str, target: str | None, as_json: bool) -> None:
     """Print HEAD (the current commit) and its rev, or move it with --set.
 
+    --set moves history back: copies of the repository (downloads with
+    --since, apply_car) then refuse to follow. To go back so that copies
+    follow, use `pypds revert`.
+
     \b
     Examples:
       pypds head ./alice
@@ -96,4 +105,46 @@ def head_cmd(path: str, target: str | None, as_json: bool) -> None:
     print_info(info, as_json)
 
 
-REF_COMMANDS = [head_cmd, ref_group]
+@click.command("revert", short_help="Write a new commit with an older commit's tree.")
+@click.argument("path")
+@click.argument("target", metavar="REF|COMMIT")
+@signing_key_options
+@json_option
+def revert_cmd(path: str, target: str, signer: Signer, as_json: bool) -> None:
+    """Write a new signed commit whose records are exactly those of REF|COMMIT.
+
+    History moves forward (a new commit with the next rev, on top of HEAD),
+    so copies of the repository follow it as any update, unlike
+    `pypds head --set`. When HEAD already has that tree, nothing is written.
+
+    \b
+    Example:
+      pypds revert ./alice before-cleanup
+    """
+    with open_repo(path, signer=signer) as repo:
+        cid = resolve_commit(repo, target)
+        result = repo.revert(cid)
+        head, rev = repo.head, repo.rev
+    tally = Counter(change.action for change in result.changes)
+    info = {
+        "path": path,
+        "target": cid.encode(),
+        "commit": None if result.commit is None else result.commit.encode(),
+        "rev": rev if result.commit is not None else None,
+        "created": tally["create"],
+        "updated": tally["update"],
+        "deleted": tally["delete"],
+    }
+    if as_json:
+        emit_json(info)
+    elif result.commit is None:
+        echo(f"HEAD of {path} ({head.encode()}) already has the records of {cid.encode()}: nothing written")
+    else:
+        echo(
+            f"reverted {path} to the records of {cid.encode()}: {tally['create']} created, "
+            f"{tally['update']} updated, {tally['delete']} deleted"
+        )
+        echo(f"new commit {head.encode()}  rev {rev}")
+
+
+REF_COMMANDS = [head_cmd, revert_cmd, ref_group]

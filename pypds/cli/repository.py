@@ -1,4 +1,4 @@
-"""Commands on a whole repository: init, inspect, verify, mst, diff."""
+"""Commands on a whole repository: init, inspect, verify, mst, diff, gc."""
 
 from __future__ import annotations
 
@@ -50,10 +50,12 @@ from .common import (
     DID_TYPE,
     DIDKEY_TYPE,
     KEY_ENV,
+    CommitChoice,
     InputError,
     Progress,
     Source,
     cid_str,
+    commit_options,
     echo,
     emit_json,
     env_key,
@@ -136,19 +138,22 @@ def init_cmd(
 @click.command("inspect", short_help="Summarise a repository or CAR.")
 @click.argument("src")
 @click.option("--key", type=DIDKEY_TYPE, help="did:key to check the commit signature against.")
+@commit_options
 @json_option
 @quiet_option
-def inspect_cmd(src: str, key: PublicKey | None, as_json: bool, quiet: bool) -> int:
+def inspect_cmd(src: str, key: PublicKey | None, at: CommitChoice, as_json: bool, quiet: bool) -> int:
     """Summarise a repository: DID, commit, rev, MST root, signature, records and blocks.
 
     Exit status 1 when --key is given and the signature does not verify.
+    With --commit or --ref, the commit summarised is that one (the
+    repository's stored blocks, refs and blobs are counted as always).
 
     \b
     Example (with your account's did:key, as `pypds init` printed it):
       pypds inspect alice.car --key did:key:zQ3shuTJkPHbJ6cab2bVBvqcf5vADT7UEfs8h5A2XJdzqXk1U
     """
     with open_source(src, Progress.create(quiet)) as source:
-        info = _inspect(source, key)
+        info = _inspect(source, key, at.resolve(source.repo, src))
     if as_json:
         emit_json(info)
     else:
@@ -156,10 +161,10 @@ def inspect_cmd(src: str, key: PublicKey | None, as_json: bool, quiet: bool) -> 
     return 1 if info["signature"]["status"] == "invalid" else 0
 
 
-def _inspect(source: Source, key: PublicKey | None) -> dict:
+def _inspect(source: Source, key: PublicKey | None, chosen: CID | None) -> dict:
     repo = source.repo
-    head = repo.head
-    commit = repo.commit()
+    head = chosen or repo.head
+    commit = repo.commit(head)
     commit_bytes = len(repo.blockstore.get(head) or b"")
     if key is None:
         signature: dict[str, object] = {"status": "not checked", "key": None}
@@ -250,7 +255,9 @@ def _print_inspect(info: dict) -> None:
     rows.append(("  mst nodes", "  ".join(count(blocks["mstNodes"]))))
     rows.append(("  records", "  ".join(count(blocks["records"]))))
     if info["kind"] == "repo":
-        rows.append(("stored blocks", f"{info['storedBlocks']}  (every commit kept)"))
+        others = info["storedBlocks"] - total["count"]
+        kept = f"{others} more than this commit's: other commits and refs, until gc" if others else "this commit's"
+        rows.append(("stored blocks", f"{info['storedBlocks']}  ({kept})"))
         rows.append(("refs", str(info["refs"])))
         rows.append(("blobs", f"{info['blobs']['count']}  ({human_size(info['blobs']['bytes'])})"))
     print_rows(rows)
@@ -316,9 +323,10 @@ def _print_report(src: str, report: VerifyReport) -> None:
 @click.command("mst", short_help="Draw the MST, layer by layer.")
 @click.argument("src")
 @full_cids_option
+@commit_options
 @json_option
 @quiet_option
-def mst_cmd(src: str, full_cids: bool, as_json: bool, quiet: bool) -> None:
+def mst_cmd(src: str, full_cids: bool, at: CommitChoice, as_json: bool, quiet: bool) -> None:
     """Draw the Merkle Search Tree: every node on its layer, with its keys.
 
     Each node shows its CID and layer; its keys and child nodes follow in key
@@ -331,7 +339,7 @@ def mst_cmd(src: str, full_cids: bool, as_json: bool, quiet: bool) -> None:
     """
     with open_source(src, Progress.create(quiet)) as source:
         repo = source.repo
-        root = repo.commit().data
+        root = repo.commit(at.resolve(repo, src)).data
         nodes = tree_layout(repo.blockstore.get, root)
     if as_json:
         emit_json({"root": root.encode(), "layer": nodes[0]["layer"], "nodes": nodes})
@@ -473,4 +481,54 @@ def _print_changes(changes: list[RecordChange], full: bool, as_json: bool) -> No
     echo(f"{tally['create']} created, {tally['update']} updated, {tally['delete']} deleted")
 
 
-REPOSITORY_COMMANDS = [init_cmd, inspect_cmd, verify_cmd, mst_cmd, diff_cmd]
+@click.command("gc", short_help="Remove unreachable blocks and blobs; give the space back.")
+@click.argument("path")
+@click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
+@click.option(
+    "--no-vacuum",
+    is_flag=True,
+    help="Do not rewrite pds.db afterwards (by default it is, when a tenth of it is free).",
+)
+@json_option
+def gc_cmd(path: str, dry_run: bool, no_vacuum: bool, as_json: bool) -> None:
+    """Remove every block neither HEAD nor a ref reaches, and every blob file (older than an hour)
+    no record there references; then rewrite pds.db so that the file shrinks.
+
+    Older commits go unless a ref keeps them (`pypds ref set`). The rewrite
+    (SQLite VACUUM) is crash-safe and holds the write lock while it runs.
+
+    \b
+    Examples:
+      pypds gc ./alice --dry-run
+      pypds gc ./alice
+    """
+    with open_repo(path) as repo:
+        report = repo.gc(dry_run=dry_run, vacuum=False if no_vacuum else None)
+    info = {
+        "path": path,
+        "dryRun": report.dry_run,
+        "blocks": report.blocks,
+        "blockBytes": report.block_bytes,
+        "blobs": report.blobs,
+        "blobBytes": report.blob_bytes,
+        "dbBytesBefore": report.db_bytes_before,
+        "dbBytesAfter": report.db_bytes_after,
+        "vacuumed": report.vacuumed,
+    }
+    if as_json:
+        emit_json(info)
+        return
+    verb = "would remove" if dry_run else "removed"
+    size = human_size(report.db_bytes_before)
+    if not dry_run:
+        size += f" -> {human_size(report.db_bytes_after)}" + (" (vacuumed)" if report.vacuumed else "")
+    print_rows(
+        [
+            ("blocks", f"{report.blocks} {verb} ({human_size(report.block_bytes)})"),
+            ("blobs", f"{report.blobs} {verb} ({human_size(report.blob_bytes)})"),
+            ("pds.db", size),
+        ]
+    )
+
+
+REPOSITORY_COMMANDS = [init_cmd, inspect_cmd, verify_cmd, mst_cmd, diff_cmd, gc_cmd]

@@ -12,12 +12,17 @@ map at the top level, no floats (an integral float such as ``123.0``, which
 JSON cannot tell from ``123``, becomes an int), ``$type`` a non-empty
 string, typed blobs well formed. :func:`to_json` goes the other way for any
 DAG-CBOR value. Both are iterative: deep input cannot exhaust the stack.
+
+:func:`loads` parses JSON text straight to DAG-CBOR values in one pass (for
+bulk input: no second walk over every value); the data model is then
+checked where the value is encoded (``cbor.encode_record``).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +31,7 @@ from ..limits import DEFAULT_LIMITS, Limits
 from .cbor import check_data_model
 from .cid import CID, is_well_formed_cid
 
-__all__ = ["to_json", "from_json"]
+__all__ = ["to_json", "from_json", "loads"]
 
 
 def to_json(value: Any, limits: Limits = DEFAULT_LIMITS) -> Any:
@@ -129,3 +134,36 @@ def _transform(
         else:
             parent[slot] = leaf(item)
     return holder[0]
+
+
+def loads(text: str) -> Any:
+    """Parse atproto JSON text to DAG-CBOR values in one pass: ``$link`` and ``$bytes`` objects become
+    CIDs and bytes, an integral number written as a float an int.
+
+    A repeated key in an object, any other float, or a malformed ``$link`` /
+    ``$bytes`` raises :class:`InvalidRecord`; malformed JSON raises
+    :class:`json.JSONDecodeError` (or RecursionError when nested past the
+    interpreter's limit). Not checked here: the rest of the data model
+    (nesting depth, integer range, ``$type``), which ``cbor.encode_record``
+    checks.
+    """
+    return _DECODER.decode(text)
+
+
+def _object_from_pairs(pairs: list[tuple[str, Any]]) -> Any:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _value in pairs:
+            if key in seen:
+                raise InvalidRecord(f"duplicate key {shown(key)} in a JSON object")
+            seen.add(key)
+    special = _special_from_json(obj)
+    return obj if special is _MISSING else special
+
+
+def _number_from_json(text: str) -> int:
+    return _leaf_from_json(float(text))
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_object_from_pairs, parse_float=_number_from_json)

@@ -10,7 +10,7 @@ expanded into its entries, and leaves are merged by key. Iterative.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ..codec.cid import CID
 from ..operation import Action, RecordChange
@@ -22,8 +22,9 @@ _LEAF, _TREE = 0, 1
 class _Stream:
     """One tree as a stack of pending items, next item on top."""
 
-    def __init__(self, source: NodeSource, root: Link) -> None:
+    def __init__(self, source: NodeSource, root: Link, opened: Callable[[CID], object] | None = None) -> None:
         self._source = source
+        self._opened = opened
         node = resolve(source, root)
         self.items: list[tuple] = []
         if node is not None:
@@ -32,6 +33,8 @@ class _Stream:
 
     def expand(self) -> None:
         _, link, layer = self.items.pop()
+        if self._opened is not None:
+            self._opened(_cid_of(link))
         node: Node | None = resolve(self._source, link)
         if node is None:
             return
@@ -50,9 +53,16 @@ def _cid_of(link: CID | Node) -> CID:
     return link.cid if isinstance(link, Node) else link
 
 
-def diff_trees(source: NodeSource, old_root: Link, new_root: Link) -> Iterator[RecordChange]:
-    """Yield the changes that turn the tree at ``old_root`` into the one at ``new_root``, in key order."""
-    old, new = _Stream(source, old_root), _Stream(source, new_root)
+def diff_trees(
+    source: NodeSource, old_root: Link, new_root: Link, *, new_nodes: Callable[[CID], object] | None = None
+) -> Iterator[RecordChange]:
+    """Yield the changes that turn the tree at ``old_root`` into the one at ``new_root``, in key order.
+
+    ``new_nodes`` is called with the CID of each node of the new tree the diff
+    opens: every node the old tree does not share at its place (and possibly
+    a few it does).
+    """
+    old, new = _Stream(source, old_root), _Stream(source, new_root, new_nodes)
     while old.items and new.items:
         a, b = old.items[-1], new.items[-1]
         if a[0] == _TREE and b[0] == _TREE:

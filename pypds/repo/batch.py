@@ -32,15 +32,25 @@ class Batch:
 
     def put(self, collection: str, rkey: str, record: dict | bytes) -> CID:
         """Create or replace a record; returns the record's CID."""
-        path = repo_path(collection, rkey)
-        data = record_bytes(record, path, self._limits)
-        raw = DAG_CBOR_PREFIX + hashlib.sha256(data).digest()
-        self.ops.append((path.encode(), raw, data))
-        return CID(raw)
+        op = put_op(collection, rkey, record, self._limits)
+        self.ops.append(op)
+        return CID(op[1])
 
     def delete(self, collection: str, rkey: str) -> None:
         """Delete a record (the commit fails with RecordNotFound if it is absent)."""
-        self.ops.append((repo_path(collection, rkey).encode(), None, None))
+        self.ops.append(delete_op(collection, rkey))
+
+
+def put_op(collection: str, rkey: str, record: dict | bytes, limits: Limits) -> tuple[bytes, bytes, bytes]:
+    """The write that creates or replaces a record: its path checked, the record checked and encoded."""
+    path = repo_path(collection, rkey)
+    data = record_bytes(record, path, limits)
+    return path.encode(), DAG_CBOR_PREFIX + hashlib.sha256(data).digest(), data
+
+
+def delete_op(collection: str, rkey: str) -> WriteOp:
+    """The write that deletes a record (its path checked)."""
+    return repo_path(collection, rkey).encode(), None, None
 
 
 def record_bytes(record: dict | bytes, path: str, limits: Limits) -> bytes:

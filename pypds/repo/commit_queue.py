@@ -20,10 +20,11 @@ __all__ = ["CommitQueue", "Request"]
 class Request:
     """One queued write: its ops, then its commit or its error (``finished`` once decided)."""
 
-    __slots__ = ("error", "finished", "ops", "result")
+    __slots__ = ("error", "expect_root", "finished", "ops", "result")
 
-    def __init__(self, ops: list[WriteOp]) -> None:
+    def __init__(self, ops: list[WriteOp], expect_root: CID | None = None) -> None:
         self.ops = ops
+        self.expect_root = expect_root  # the new tree's root must be this (a revert)
         self.result: CID | None = None
         self.error: BaseException | None = None
         self.finished = False
@@ -37,9 +38,9 @@ class CommitQueue:
         self._pending: list[Request] = []
         self._leading = False
 
-    def submit(self, ops: list[WriteOp]) -> Request:
+    def submit(self, ops: list[WriteOp], expect_root: CID | None = None) -> Request:
         """Queue a write."""
-        request = Request(ops)
+        request = Request(ops, expect_root)
         with self._cond:
             self._pending.append(request)
         return request

@@ -1,4 +1,4 @@
-"""What a repository hands out: full and diff CARs, record proofs and ``#commit`` events.
+"""What a repository hands out: full and diff CARs, record proofs, ``#commit`` events and blob files.
 
 This is the "sync provider" side of a repository (``getRepo``, ``getRecord``,
 ``subscribeRepos``): every function reads the store and never writes it.
@@ -23,15 +23,18 @@ from __future__ import annotations
 
 import hashlib
 import io
+import mimetypes
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 from ..car.writer import CarWriter, Writable, write_car_file
 from ..codec import cbor
-from ..codec.cid import CID, parse_cid
+from ..codec.cid import CID
 from ..commit import decode_commit, rev_key
-from ..errors import BlockHashMismatch, MissingBlock, NotFound
+from ..errors import BlockHashMismatch, InvalidInput, MissingBlock, NotFound
+from ..filesystem import atomic_file
 from ..mst import Link, diff_trees, empty_node, iter_stored_stream_order
 from ..operation import RecordChange
 from ..storage.blobs import blob_refs
@@ -41,7 +44,7 @@ from ..sync.proof import proof_path
 from ..syntax import check_tid, repo_path
 from .state import RepoState
 
-__all__ = ["car_blocks", "commit_event", "export_car", "iter_car", "prove"]
+__all__ = ["car_blocks", "commit_event", "export_blobs", "export_car", "iter_car", "prove"]
 
 
 def export_car(
@@ -72,7 +75,7 @@ def _commit_to_export(state: RepoState, commit: CID | str | None, since: str | N
     state.refresh()
     if since is not None:
         check_tid(since, "since rev")
-    return state.head if commit is None else parse_cid(commit, allow_raw=False)
+    return state.head if commit is None else state.resolve(commit)
 
 
 def _car_chunks(
@@ -250,3 +253,33 @@ def _new_blob_refs(store: Store, changes: list[RecordChange]) -> list[CID]:
         for blob in [] if data is None else blob_refs(cbor.decode(data)):
             found.setdefault(blob.cid_bytes, blob)
     return list(found.values())
+
+
+def export_blobs(
+    state: RepoState, dest: str | os.PathLike, progress: Callable[[int, int], None] | None
+) -> list[tuple[CID, Path]]:
+    """See :meth:`pypds.Repo.export_blobs`."""
+    folder = Path(dest)
+    if folder.exists() and not folder.is_dir():
+        raise InvalidInput(f"{folder} exists and is not a directory")
+    folder.mkdir(parents=True, exist_ok=True)
+    names = state.blobs.names()
+    written: list[tuple[CID, Path]] = []
+    for name in names:
+        cid = CID.decode(name)
+        blob = state.blobs.open(cid)
+        if blob is None:  # removed meanwhile (gc)
+            continue
+        target = folder / (name + _extension(state.store.blob_type(cid)))
+        with blob, atomic_file(target) as out:
+            for segment in blob.segments():  # every byte checked against the CID before it is written
+                out.write(segment)
+        written.append((cid, target))
+        if progress is not None:
+            progress(len(written), len(names))
+    return written
+
+
+def _extension(mime: str | None) -> str:
+    """The usual file name extension of a MIME type (``.jpg`` for ``image/jpeg``), or none."""
+    return (mimetypes.guess_extension(mime.split(";", 1)[0].strip(), strict=False) or "") if mime else ""

@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from ..car.reader import CarSource
 from ..car.writer import Writable
@@ -38,13 +38,15 @@ from ..storage.blobs import BlobRef
 from ..storage.store import SqliteError, storage_error
 from ..sync.firehose import CommitEvent
 from ..sync.verify import VerifyReport
-from . import export, gc, history, importer, integrity, lifecycle, reads, referenced_blobs, writer
+from . import export, gc, history, importer, integrity, lifecycle, load, reads, referenced_blobs, writer
 from .batch import Batch
 from .blockstore import BlockStore
 from .gc import GcReport
+from .history import Revert
+from .load import LoadReport
 from .state import RepoState
 
-__all__ = ["Batch", "BlockStore", "GcReport", "Repo"]
+__all__ = ["Batch", "BlockStore", "GcReport", "LoadReport", "Repo", "Revert"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 KeyInput = PublicKey | SigningKey | str | None
@@ -228,17 +230,37 @@ class Repo:
 
     @_public
     def set_head(self, cid: CID | str) -> None:
-        """Move HEAD to a stored commit of this repository whose tree is complete."""
+        """Move HEAD to a stored commit of this repository whose tree is complete.
+
+        History then goes back: copies of this repository refuse to follow
+        (their HEAD is newer). To go back so that copies follow, use :meth:`revert`.
+        """
         history.set_head(self._state, cid)
 
     @_public
+    def revert(self, target: CID | str) -> Revert:
+        """Write a new signed commit whose tree equals ``target``'s (a commit CID, its string or a ref).
+
+        History moves forward: the new commit gets the next rev and follows
+        HEAD, so copies take it as any update (``apply_car``, downloads).
+        The record diff from HEAD to the target is written as puts and
+        deletes, and the new tree's root is checked to be the target's before
+        anything is written. The target must be a stored commit of this DID
+        with a complete tree; the signing key rules of any write apply. When
+        HEAD already has the target's tree, nothing is written and
+        ``commit`` is None. :class:`~pypds.errors.HeadMoved` if other writers
+        keep moving HEAD meanwhile.
+        """
+        return history.revert(self._state, target)
+
+    @_public
     def checkout(self, cid: CID | str | None = None) -> MST:
-        """A read-only view of the tree at HEAD or at the given commit."""
+        """A read-only view of the tree at HEAD or at the given commit (a CID, its string or a ref name)."""
         state = self._state
         state.refresh()
         if cid is None:
             return MST(state.nodes, state.root.cid)
-        return MST(state.nodes, state.load_commit(parse_cid(cid)).data)
+        return MST(state.nodes, state.load_commit(state.resolve(cid)).data)
 
     # -- records ---------------------------------------------------------------
 
@@ -273,20 +295,24 @@ class Repo:
             batch.commit = writer.commit_ops(self._state, batch.ops)
 
     @_public
-    def find(self, collection: str, rkey: str) -> dict | None:
-        """The record at collection/rkey as a dict, or None."""
-        data = reads.find_bytes(self._state, collection, rkey)
+    def find(self, collection: str, rkey: str, *, commit: CID | str | None = None) -> dict | None:
+        """The record at collection/rkey as a dict, or None.
+
+        At HEAD, or at ``commit`` (a commit CID, its string, ``"HEAD"`` or a
+        ref name) read through that commit's tree; so for every read below.
+        """
+        data = reads.find_bytes(self._state, collection, rkey, commit)
         return None if data is None else cbor.decode(data, f"{collection}/{rkey}")
 
     @_public
-    def find_bytes(self, collection: str, rkey: str) -> bytes | None:
-        """The record's DAG-CBOR bytes, or None."""
-        return reads.find_bytes(self._state, collection, rkey)
+    def find_bytes(self, collection: str, rkey: str, *, commit: CID | str | None = None) -> bytes | None:
+        """The record's DAG-CBOR bytes at HEAD (or ``commit``), or None."""
+        return reads.find_bytes(self._state, collection, rkey, commit)
 
     @_public
-    def find_cid(self, collection: str, rkey: str) -> CID | None:
-        """The record's CID at HEAD, or None."""
-        return reads.find_cid(self._state, collection, rkey)
+    def find_cid(self, collection: str, rkey: str, *, commit: CID | str | None = None) -> CID | None:
+        """The record's CID at HEAD (or ``commit``), or None."""
+        return reads.find_cid(self._state, collection, rkey, commit)
 
     @_public
     def list(
@@ -296,18 +322,57 @@ class Repo:
         limit: int | None = None,
         cursor: str | None = None,
         reverse: bool = False,
+        commit: CID | str | None = None,
     ) -> builtins.list[tuple[str, CID]]:
-        """``(rkey, cid)`` pairs of a collection in key order.
+        """``(rkey, cid)`` pairs of a collection in key order, at HEAD (or ``commit``).
 
         ``cursor`` is an rkey: listing starts after it (before it when
         ``reverse``). ``limit`` caps the number returned.
         """
-        return reads.list_records(self._state, collection, limit=limit, cursor=cursor, reverse=reverse)
+        return reads.list_records(self._state, collection, limit=limit, cursor=cursor, reverse=reverse, commit=commit)
 
     @_public
-    def collections(self) -> builtins.list[str]:
-        """The collections that hold at least one record, sorted."""
-        return reads.collections(self._state)
+    def collections(self, *, commit: CID | str | None = None) -> builtins.list[str]:
+        """The collections that hold at least one record at HEAD (or ``commit``), sorted."""
+        return reads.collections(self._state, commit)
+
+    @_public
+    def records(
+        self, collection: str | None = None, *, commit: CID | str | None = None
+    ) -> Iterator[tuple[str, CID, dict]]:
+        """Every record (or every record of ``collection``) as ``(path, cid, value)``, in key order, lazily.
+
+        The commit (HEAD, or ``commit``) is pinned when this is called; records
+        are then read a page at a time as the iterator is consumed, so memory
+        does not grow with the repository and the handle stays usable between
+        pages (writes meanwhile, even on this handle, do not change what it
+        yields). A migration is a loop over it and a :meth:`batch`.
+        """
+        return reads.records(self._state, collection, commit)
+
+    @_public
+    def load(
+        self,
+        source: str | os.PathLike | BinaryIO,
+        *,
+        batch_size: int | None = None,
+        name: str | None = None,
+        progress: Callable[[str, int, int | None], None] | None = None,
+    ) -> LoadReport:
+        """Write many records from JSON Lines (a file, or a binary stream) or an unpacked directory.
+
+        A line is ``{"collection", "rkey", "value"}`` or ``{"path", "value"}``
+        (``value`` in atproto JSON, an optional ``"cid"`` checked against it:
+        what ``pypds dump`` prints) or ``{"delete": "collection/rkey"}``; a
+        directory is laid out as ``pypds unpack`` writes it. Every write is
+        checked first: one bad line raises :class:`~pypds.errors.LoadError`
+        naming it, and nothing is written. Then all of them are one signed
+        commit, or ``batch_size`` per commit (memory: one batch; a failure
+        after the first commit raises :class:`~pypds.errors.LoadIncomplete`
+        saying how far it got). ``name`` labels the input in messages;
+        ``progress(stage, done, total)`` hears "checking" and "writing".
+        """
+        return load.load(self._state, source, batch_size=batch_size, name=name, progress=progress)
 
     @_public
     def diff(self, old: CID | str, new: CID | str | None = None) -> builtins.list[RecordChange]:
@@ -322,11 +387,38 @@ class Repo:
 
     @_public
     def put_blob(self, data: bytes, mime_type: str) -> BlobRef:
-        """Store a blob durably; returns its reference (raw CID, MIME type, size)."""
-        if not isinstance(mime_type, str) or "/" not in mime_type:
+        """Store a blob durably, and its MIME type; returns its reference (raw CID, MIME type, size).
+
+        The file is written first, then the type (see :meth:`blob_type`);
+        storing the same bytes again with another type keeps the new one.
+        """
+        if not isinstance(mime_type, str) or "/" not in mime_type or not mime_type.isprintable():
             raise InvalidInput(f"invalid MIME type: {shown(mime_type)}")
-        cid = self._state.blobs.put(data)
+        state = self._state
+        cid = state.blobs.put(data)
+        with state.store.transaction():
+            state.store.set_blob_type(cid, mime_type, len(data))
         return BlobRef(cid=cid, mime_type=mime_type, size=len(data))
+
+    @_public
+    def blob_type(self, cid: CID | str) -> str | None:
+        """The MIME type :meth:`put_blob` was given for a blob; None if unknown (stored before pypds
+        kept types, downloaded, or removed by gc)."""
+        return self._state.store.blob_type(parse_cid(cid))
+
+    @_public
+    def export_blobs(
+        self, dest: str | os.PathLike, *, progress: Callable[[int, int], None] | None = None
+    ) -> builtins.list[tuple[CID, Path]]:
+        """Copy every stored blob into directory ``dest`` as ``<CID>`` plus the usual extension of its
+        MIME type when known (``.png``, ``.jpg``); returns ``(cid, file)`` for each.
+
+        Each file is streamed, every byte checked against the CID before it
+        is written, and written atomically; an existing file of that name is
+        replaced. A damaged blob raises :class:`BlockHashMismatch` (the files
+        before it are written). ``progress(done, total)`` after each file.
+        """
+        return export.export_blobs(self._state, dest, progress)
 
     def list_blobs(
         self, *, since: str | None = None, cursor: str | None = None, limit: int | None = None, stored: bool = False
@@ -374,9 +466,9 @@ class Repo:
         return referenced_blobs.missing_blobs(self._state)
 
     @_public
-    def gc(self, *, blob_grace: float = 3600.0) -> GcReport:
+    def gc(self, *, blob_grace: float = 3600.0, dry_run: bool = False, vacuum: bool | None = None) -> GcReport:
         """Remove every block not reachable from HEAD or a named ref, and every blob
-        file no record in those trees references.
+        file no record in those trees references, then give the space back.
 
         Blocks go in one transaction (a crash leaves all or none removed);
         blob files are removed after it, so a crash can only leave some
@@ -384,8 +476,14 @@ class Repo:
         ``blob_grace`` seconds are kept: another process may be about to
         commit a record that references them. Loose blocks added with
         ``repo.blockstore.put`` and not reachable are removed too.
+
+        Then, when at least a tenth of ``pds.db`` is free pages (always with
+        ``vacuum=True``, never with ``False``), ``pds.db`` is rewritten
+        without them (SQLite ``VACUUM``: crash-safe, holds the write lock
+        while it runs) and the file shrinks. The report gives the sizes
+        before and after. ``dry_run=True`` only reports what would go.
         """
-        return gc.gc(self._state, blob_grace)
+        return gc.gc(self._state, blob_grace, dry_run=dry_run, vacuum=vacuum)
 
     # -- sync: events, proofs ----------------------------------------------------
 

@@ -40,6 +40,7 @@ from ..codec.cid import CID
 from ..commit import sign_commit
 from ..errors import (
     BadSignature,
+    HeadMoved,
     PypdsError,
     RecordNotFound,
     SigningKeyMismatch,
@@ -84,14 +85,16 @@ class BuiltCommit:
     nodes: list[Node]  # the tree's nodes not yet stored
 
 
-def commit_ops(state: RepoState, ops: list[WriteOp]) -> CID:
+def commit_ops(state: RepoState, ops: list[WriteOp], *, expect_root: CID | None = None) -> CID:
     """Write ``ops`` as one signed commit on the tree at HEAD; the commit's CID once it is durable.
 
     Concurrent calls on one handle share a transaction and its fsync (see
-    the module docstring); each still gets its own commit.
+    the module docstring); each still gets its own commit. With
+    ``expect_root``, the new tree must have that root (checked under the
+    write lock, before anything is written): else :class:`HeadMoved`.
     """
     queue = state.commits
-    request = queue.submit(ops)
+    request = queue.submit(ops, expect_root)
     group = queue.wait_turn(request)
     if group is not None:
         try:
@@ -127,6 +130,8 @@ def _commit_group(state: RepoState, group: list[Request]) -> None:
             for request in group:
                 try:
                     new_root, new_height = _apply_ops(state, root, height, request.ops)
+                    if request.expect_root is not None and new_root.cid != request.expect_root:
+                        raise HeadMoved(f"repository at {state.path}: HEAD moved while the write was prepared")
                 except PypdsError as exc:
                     if isinstance(exc, (StorageError, StoreDamaged)):
                         raise  # the store failed, not the write: the whole group fails

@@ -328,10 +328,13 @@ class BlobStore:
         with blob:
             return blob.read()
 
-    def remove_unreferenced(self, referenced: set[bytes], older_than: float) -> tuple[int, int]:
+    def remove_unreferenced(
+        self, referenced: set[bytes], older_than: float, *, dry_run: bool = False
+    ) -> list[tuple[CID, int]]:
         """Delete blob files whose CID is not in ``referenced`` and that are older than
-        ``older_than`` seconds; returns (files, bytes) removed. A directory is left alone."""
-        files = size = 0
+        ``older_than`` seconds; returns ``(CID, bytes)`` of each removed (with ``dry_run``, of each
+        that would be, and nothing is). A directory is left alone."""
+        removed: list[tuple[CID, int]] = []
         cutoff = time.time() - older_than
         for _shard, entry in self._entries():
             if entry.name.startswith(TEMP_PREFIX):
@@ -343,11 +346,13 @@ class BlobStore:
                 continue
             if cid.cid_bytes in referenced or info.st_mtime >= cutoff or stat.S_ISDIR(info.st_mode):
                 continue
+            if dry_run:
+                removed.append((cid, info.st_size))
+                continue
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
-                files += 1
-                size += info.st_size
-        return files, size
+                removed.append((cid, info.st_size))
+        return removed
 
     def has(self, cid: CID) -> bool:
         """Whether a regular file is stored under ``cid``'s name (not read: see :meth:`open`)."""

@@ -1,6 +1,6 @@
 """``pds.db``: the SQLite block store, refs and metadata (through apsw).
 
-Schema (version 4, recorded in ``PRAGMA user_version``)::
+Schema (version 5, recorded in ``PRAGMA user_version``)::
 
     blocks(id INTEGER PRIMARY KEY, cid BLOB UNIQUE, rev TEXT, data BLOB)
                                       -- every block, tagged with the rev that first stored it
@@ -8,6 +8,7 @@ Schema (version 4, recorded in ``PRAGMA user_version``)::
     meta(key TEXT PRIMARY KEY, value)                -- did, head, rev, keys, clock id, index_head
     commits(cid BLOB PRIMARY KEY, rev TEXT, prev BLOB)  -- commits made or received here
     paths(path BLOB PRIMARY KEY, cid BLOB)           -- HEAD's tree (record path -> record CID)
+    blob_types(cid BLOB PRIMARY KEY, mime TEXT, size INTEGER)  -- the MIME type put_blob was given
 
 Blocks live in a rowid table with a unique index on the CID: a commit's new
 blocks are appended to the table's last pages and only the small index
@@ -67,7 +68,7 @@ __all__ = ["Store", "SCHEMA_VERSION", "DB_NAME", "SqliteError", "storage_error"]
 #: The base class of SQLite failures (convert them with :func:`storage_error`).
 SqliteError = apsw.Error
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DB_NAME = "pds.db"
 
 # SQLite's page cache per connection (KiB). The default, 2 MiB, is smaller
@@ -80,12 +81,15 @@ _BLOCKS = (
 _COMMITS = "CREATE TABLE commits (cid BLOB PRIMARY KEY, rev TEXT NOT NULL, prev BLOB) WITHOUT ROWID;"
 # HEAD's tree as a table, for one-statement reads; rebuilt when meta 'index_head' is not HEAD
 _PATHS = "CREATE TABLE paths (path BLOB PRIMARY KEY, cid BLOB NOT NULL) WITHOUT ROWID;"
+# the MIME type (and size) put_blob was given, by raw blob CID; blobs stored otherwise have none
+_BLOB_TYPES = "CREATE TABLE blob_types (cid BLOB PRIMARY KEY, mime TEXT NOT NULL, size INTEGER NOT NULL) WITHOUT ROWID;"
 _SCHEMA = f"""
 {_BLOCKS}
 CREATE TABLE refs (name TEXT PRIMARY KEY, cid BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 {_COMMITS}
 {_PATHS}
+{_BLOB_TYPES}
 """
 # Version 3 kept blocks in a table keyed by CID (WITHOUT ROWID).
 _BLOCKS_TO_ROWID = f"""
@@ -95,12 +99,12 @@ INSERT INTO blocks (cid, rev, data) SELECT cid, rev, data FROM blocks_v3 ORDER B
 DROP TABLE blocks_v3;
 """
 #: SQL that takes a store from version N to N + 1.
-_MIGRATIONS = {1: _COMMITS, 2: _PATHS, 3: _BLOCKS_TO_ROWID}
+_MIGRATIONS = {1: _COMMITS, 2: _PATHS, 3: _BLOCKS_TO_ROWID, 4: _BLOB_TYPES}
 
 _SYNC = {"full": "FULL", "normal": "NORMAL"}
 
 #: The tables of a current store.
-_TABLES = frozenset({"blocks", "refs", "meta", "commits", "paths"})
+_TABLES = frozenset({"blocks", "refs", "meta", "commits", "paths", "blob_types"})
 #: The SQL type each meta value must have.
 _META_TYPES: dict[str, type] = {
     "did": str,
@@ -436,6 +440,13 @@ class Store:
         rows.sort(key=itemgetter(0))
         self.conn.executemany("INSERT OR IGNORE INTO blocks (cid, rev, data) VALUES (?, ?, ?)", rows)
 
+    def restamp_blocks(self, cids: Iterable[CID], rev: str) -> None:
+        """Tag stored blocks with ``rev`` where their tag is older: blocks an older tree held that the
+        tree of commit ``rev`` brings back, so that a diff after an earlier rev includes them."""
+        self.conn.executemany(
+            "UPDATE blocks SET rev = ?1 WHERE cid = ?2 AND rev < ?1", ((rev, cid.cid_bytes) for cid in cids)
+        )
+
     def blocks_after(self, after: bytes, limit: int) -> list[tuple[CID, bytes]]:
         """Up to ``limit`` blocks whose CID bytes sort after ``after``, in CID order."""
         rows = self._rows("SELECT cid, data FROM blocks WHERE cid > ? ORDER BY cid LIMIT ?", (after, limit))
@@ -444,20 +455,55 @@ class Store:
                 raise self._wrong_block(cid, data)
         return [(self._cid(cid, "a block's CID"), data) for cid, data in rows]
 
-    def delete_blocks_except(self, keep: set[bytes]) -> tuple[int, int]:
-        """Delete every block whose CID is not in ``keep``; returns (blocks, bytes) removed."""
+    def delete_blocks_except(self, keep: set[bytes], *, dry_run: bool = False) -> tuple[int, int]:
+        """Delete every block whose CID is not in ``keep``; returns (blocks, bytes) removed
+        (with ``dry_run``, what would be removed, and nothing is)."""
         self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS gc_keep (cid BLOB PRIMARY KEY) WITHOUT ROWID")
         self.conn.execute("DELETE FROM temp.gc_keep")
         self.conn.executemany("INSERT INTO temp.gc_keep (cid) VALUES (?)", ((cid,) for cid in keep))
         doomed = "FROM blocks WHERE cid NOT IN (SELECT cid FROM temp.gc_keep)"
         count = self._int(f"SELECT count(*) {doomed}")
         size = self._int(f"SELECT coalesce(sum(length(data)), 0) {doomed}")
-        self.conn.execute(f"DELETE {doomed}")
+        if not dry_run:
+            self.conn.execute(f"DELETE {doomed}")
         self.conn.execute("DELETE FROM temp.gc_keep")
         return count, size
 
     def count_blocks(self) -> int:
         return self._int("SELECT count(*) FROM blocks")
+
+    # -- space -------------------------------------------------------------
+
+    def file_bytes(self) -> int:
+        """Bytes ``pds.db`` and its write-ahead log take on disk now."""
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += os.stat(f"{self.path}{suffix}").st_size
+            except FileNotFoundError:
+                continue
+        return total
+
+    def free_bytes(self) -> int:
+        """Bytes of unused pages inside ``pds.db`` (what :meth:`vacuum` can give back)."""
+        return self._int("PRAGMA freelist_count") * self._int("PRAGMA page_size")
+
+    def vacuum(self) -> None:
+        """Rewrite ``pds.db`` without its unused pages (then :meth:`checkpoint` shrinks the files).
+
+        ``VACUUM`` is one write transaction (in WAL mode its pages go through
+        the log: a crash leaves the database as it was before, or vacuumed),
+        holding the write lock while it runs; readers go on meanwhile.
+        """
+        self.conn.execute("VACUUM")
+
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into ``pds.db`` and truncate the log (and ``pds.db`` if it shrank).
+
+        Waits up to the busy timeout for readers of older pages; if one is
+        still reading then, the space comes back at a later checkpoint.
+        """
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     # -- meta --------------------------------------------------------------
 
@@ -630,6 +676,21 @@ class Store:
                 return
             after = rows[-1][0]
 
+    def index_records(self, start: bytes, stop: bytes | None, limit: int) -> list[tuple[bytes, bytes, bytes | None]]:
+        """Up to ``limit`` ``(path, record CID bytes, record block or None)`` with ``start <= path < stop``
+        (no upper bound for None), in path order."""
+        rows = self._rows(
+            "SELECT p.path, p.cid, (SELECT data FROM blocks WHERE cid = p.cid) FROM paths p "
+            "WHERE p.path >= ?1 AND (?2 IS NULL OR p.path < ?2) ORDER BY p.path LIMIT ?3",
+            (start, stop, limit),
+        )
+        for path, cid, data in rows:
+            if type(cid) is not bytes:
+                self._cid(cid, f"the index row for {shown(path)}")  # raises StoreDamaged
+            if data is not None and type(data) is not bytes:
+                raise self._wrong_block(cid, data)
+        return rows
+
     def index_all(self) -> Iterator[tuple[bytes, CID]]:
         for path, cid in self._rows("SELECT path, cid FROM paths ORDER BY path"):
             yield path, self._cid(cid, "an index row")
@@ -657,3 +718,22 @@ class Store:
             (name, self._cid(cid, f"ref {name!r}"))
             for name, cid in self._rows("SELECT name, cid FROM refs ORDER BY name")
         ]
+
+    # -- blob types ----------------------------------------------------------
+
+    def set_blob_type(self, cid: CID, mime: str, size: int) -> None:
+        """Remember the MIME type (and size) a blob was stored with."""
+        self.conn.execute(
+            "INSERT OR REPLACE INTO blob_types (cid, mime, size) VALUES (?, ?, ?)", (cid.cid_bytes, mime, size)
+        )
+
+    def blob_type(self, cid: CID) -> str | None:
+        """The MIME type a blob was stored with, or None if none was recorded."""
+        mime = self._scalar("SELECT mime FROM blob_types WHERE cid = ?", (cid.cid_bytes,))
+        if mime is not None and type(mime) is not str:
+            raise StoreDamaged(f"{self.path} is damaged: the MIME type of blob {cid.encode()} is not TEXT")
+        return mime
+
+    def delete_blob_types(self, cids: Iterable[CID]) -> None:
+        """Forget the MIME types of blobs that were removed."""
+        self.conn.executemany("DELETE FROM blob_types WHERE cid = ?", ((cid.cid_bytes,) for cid in cids))
