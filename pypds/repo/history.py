@@ -89,8 +89,9 @@ def revert(state: RepoState, target: CID | str) -> Revert:
             state.refresh()
             continue
         brought_back = opened + [change.new for change in changes if change.new is not None]
+        rev = state.load_commit(commit).rev or ""  # not state.rev: a group commit may hold later commits
         with state.store.transaction():
-            state.store.restamp_blocks(brought_back, state.rev)
+            state.store.restamp_blocks(brought_back, rev)
         return Revert(commit, target_cid, changes)
     raise HeadMoved(
         f"repository at {state.path}: HEAD kept moving while the revert to {target_cid.encode()} was prepared "
