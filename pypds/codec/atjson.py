@@ -21,6 +21,8 @@ import binascii
 from collections.abc import Callable
 from typing import Any
 
+import cbrrr
+
 from ..errors import InvalidRecord, LimitExceeded, shown
 from ..limits import DEFAULT_LIMITS, Limits
 from .cbor import check_data_model
@@ -45,7 +47,7 @@ def from_json(obj: Any, limits: Limits = DEFAULT_LIMITS) -> dict:
 
 def _leaf_to_json(value: Any) -> Any:
     kind = type(value)
-    if kind is CID:
+    if kind is CID or isinstance(value, cbrrr.CID):
         return {"$link": value.encode()}
     if kind is bytes:
         return {"$bytes": base64.b64encode(value).decode().rstrip("=")}

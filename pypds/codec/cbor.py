@@ -24,7 +24,7 @@ import cbrrr
 
 from ..errors import InvalidCbor, InvalidRecord, LimitExceeded, shown
 from ..limits import DEFAULT_LIMITS, Limits
-from .cid import CID, is_well_formed_cid, link_from_bytes
+from .cid import CID, is_well_formed_cid, link_from_bytes, relink
 
 __all__ = [
     "encode",
@@ -36,14 +36,27 @@ __all__ = [
 
 
 def encode(value: Any, where: str = "") -> bytes:
-    """Encode a value as canonical DAG-CBOR (map keys sorted, shortest ints); InvalidRecord if it cannot be."""
+    """Encode a value as canonical DAG-CBOR (map keys sorted, shortest ints); InvalidRecord if it cannot be.
+
+    Links are :class:`~pypds.codec.cid.CID`s; plain ``cbrrr.CID``s (values
+    decoded by cbrrr itself) are accepted too, at the cost of a copy.
+    """
     try:
-        return cbrrr.encode_dag_cbor(value)
+        return _encode_links(value)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidRecord(f"cannot encode as DAG-CBOR{_at(where)}: {exc}") from None
     except SystemError as exc:  # cbrrr loses an error raised while sorting map keys
         cause = exc.__context__ if isinstance(exc.__context__, (TypeError, ValueError)) else exc
         raise InvalidRecord(f"cannot encode as DAG-CBOR{_at(where)}: {cause}") from None
+
+
+def _encode_links(value: Any) -> bytes:
+    """cbrrr's encoder for values linking with :class:`CID`; on a type it refuses (a plain
+    ``cbrrr.CID``, or a type no link makes valid), one more try with every link a ``CID``."""
+    try:
+        return cbrrr.encode_dag_cbor(value, cid_type=CID)
+    except TypeError:
+        return cbrrr.encode_dag_cbor(relink(value), cid_type=CID)
 
 
 def decode(data: bytes, where: str = "") -> Any:
@@ -108,7 +121,7 @@ def _check_scalar(item: Any, where: str) -> None:
     if kind is int:
         if not -(1 << 63) <= item < (1 << 63):
             raise InvalidRecord(f"integer out of the 64-bit signed range{_at(where)}: {item}")
-    elif kind is CID:
+    elif kind is CID or isinstance(item, cbrrr.CID):  # a plain cbrrr.CID is encoded as a CID
         if not is_well_formed_cid(item.cid_bytes):
             raise InvalidRecord(f"link is not a valid CIDv1{_at(where)}: {item.cid_bytes[:8].hex()}")
     elif kind is float:
@@ -126,7 +139,7 @@ def _check_typed_object(item: dict, where: str) -> None:
     if type_name != "blob":
         return
     ref, mime, size = item.get("ref"), item.get("mimeType"), item.get("size")
-    if type(ref) is not CID:
+    if not isinstance(ref, cbrrr.CID):
         raise InvalidRecord(f"blob reference{at} lacks a CID 'ref'")
     if type(mime) is not str or not mime:
         raise InvalidRecord(f"blob reference{at} lacks a string 'mimeType'")
