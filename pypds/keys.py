@@ -24,7 +24,6 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
     encode_dss_signature,
 )
-from multiformats import multibase
 
 from .errors import InvalidSigningKey, shown
 
@@ -38,6 +37,8 @@ __all__ = [
     "parse_did_key",
     "load_public_key",
     "is_high_s",
+    "base58btc_encode",
+    "base58btc_decode",
 ]
 
 K256_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
@@ -47,6 +48,36 @@ _CURVES = {
     "k256": (b"\xe7\x01", K256_ORDER, ec.SECP256K1()),
     "p256": (b"\x80\x24", P256_ORDER, ec.SECP256R1()),
 }
+_CURVE_NAMES = {"k256": "secp256k1", "p256": "P-256"}
+
+#: Longest did:key accepted (the two pypds reads are 57 characters); bounds the base58 decoding.
+MAX_DID_KEY_CHARS = 128
+_BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+_BASE58_DIGITS = {char: value for value, char in enumerate(_BASE58)}
+
+
+def base58btc_encode(raw: bytes) -> str:
+    """The base58btc (Bitcoin alphabet) form of ``raw``, without a multibase prefix."""
+    number = int.from_bytes(raw, "big")
+    digits = []
+    while number:
+        number, digit = divmod(number, 58)
+        digits.append(_BASE58[digit])
+    zeros = len(raw) - len(raw.lstrip(b"\0"))
+    return "1" * zeros + "".join(reversed(digits))
+
+
+def base58btc_decode(text: str, what: str = "base58btc text") -> bytes:
+    """The bytes of a base58btc string (no multibase prefix); :class:`InvalidSigningKey` names
+    ``what`` and the first character that is not base58."""
+    number = 0
+    for char in text:
+        digit = _BASE58_DIGITS.get(char)
+        if digit is None:
+            raise InvalidSigningKey(f"{what}: {shown(char)} is not a base58 character (base58 has no 0, O, I or l)")
+        number = number * 58 + digit
+    zeros = len(text) - len(text.lstrip("1"))
+    return b"\0" * zeros + number.to_bytes((number.bit_length() + 7) // 8, "big")
 
 
 class PublicKey:
@@ -58,8 +89,8 @@ class PublicKey:
         prefix, order, ec_curve = _CURVES[curve]
         try:
             self._key = ec.EllipticCurvePublicKey.from_encoded_point(ec_curve, compressed)
-        except ValueError as exc:
-            raise InvalidSigningKey(f"invalid {curve} public key: {exc}") from None
+        except ValueError:  # cryptography's reasons name its internals, not the user's mistake
+            raise InvalidSigningKey(f"not a {_CURVE_NAMES[curve]} public key: not a point on the curve") from None
         self.curve = curve
         self.compressed = bytes(compressed)
         self._order = order
@@ -68,7 +99,7 @@ class PublicKey:
     @property
     def did_key(self) -> str:
         """The ``did:key:z...`` form of this key."""
-        return "did:key:" + multibase.encode(self._prefix + self.compressed, "base58btc")
+        return "did:key:z" + base58btc_encode(self._prefix + self.compressed)
 
     def verify(self, data: bytes, signature: bytes, *, allow_high_s: bool = False) -> bool:
         """True if ``signature`` is a 64-byte low-S ECDSA signature of sha256(data).
@@ -136,11 +167,11 @@ class K256SigningKey(SigningKey):
     curve = "k256"
 
     def __init__(self, secret: bytes) -> None:
-        _check_secret(secret, "secp256k1")
+        _check_secret(secret, "secp256k1", K256_ORDER)
         try:
             self._key = coincurve.PrivateKey(bytes(secret))
-        except (ValueError, TypeError) as exc:
-            raise InvalidSigningKey(f"invalid secp256k1 private key: {exc}") from None
+        except (ValueError, TypeError):
+            raise InvalidSigningKey("not a valid secp256k1 private key") from None
         self._public = PublicKey("k256", self._key.public_key.format(compressed=True))
 
     @classmethod
@@ -165,11 +196,11 @@ class P256SigningKey(SigningKey):
     curve = "p256"
 
     def __init__(self, secret: bytes) -> None:
-        _check_secret(secret, "P-256")
+        _check_secret(secret, "P-256", P256_ORDER)
         try:
             self._key = ec.derive_private_key(int.from_bytes(secret, "big"), ec.SECP256R1())
-        except (ValueError, TypeError) as exc:
-            raise InvalidSigningKey(f"invalid P-256 private key: {exc}") from None
+        except (ValueError, TypeError):
+            raise InvalidSigningKey("not a valid P-256 private key") from None
         compressed = self._key.public_key().public_bytes(
             serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
         )
@@ -195,9 +226,11 @@ class P256SigningKey(SigningKey):
         return self._public
 
 
-def _check_secret(secret: object, curve: str) -> None:
+def _check_secret(secret: object, curve: str, order: int) -> None:
     if not isinstance(secret, (bytes, bytearray)) or len(secret) != 32:
         raise InvalidSigningKey(f"a {curve} private key must be exactly 32 bytes")
+    if not 0 < int.from_bytes(secret, "big") < order:
+        raise InvalidSigningKey(f"not a valid {curve} private key: zero, or too large for the curve")
 
 
 KeyInput = SigningKey | bytes | str
@@ -217,10 +250,12 @@ def load_signing_key(value: KeyInput, curve: str = "k256") -> SigningKey:
     if isinstance(value, SigningKey):
         return value
     if isinstance(value, str):
+        if len(value) != 64:
+            raise InvalidSigningKey(f"a private key is 64 hex characters (32 bytes), not {len(value)} characters")
         try:
             value = bytes.fromhex(value)
         except ValueError:
-            raise InvalidSigningKey("private key string is not hex") from None
+            raise InvalidSigningKey("a private key is 64 hex characters (32 bytes): this is not hex") from None
     if not isinstance(value, (bytes, bytearray)) or len(value) != 32:
         raise InvalidSigningKey("a private key must be 32 bytes (or 64 hex characters)")
     if curve == "k256":
@@ -239,17 +274,26 @@ def is_high_s(signature: bytes, curve: str) -> bool:
 def parse_did_key(did_key: str) -> PublicKey:
     """The public key named by a ``did:key:z...`` string."""
     if not isinstance(did_key, str) or not did_key.startswith("did:key:z"):
-        raise InvalidSigningKey(f"not a base58btc did:key: {shown(did_key)}")
-    try:
-        raw = multibase.decode(did_key[len("did:key:") :])
-    except Exception as exc:  # multiformats raises assorted types
-        raise InvalidSigningKey(f"cannot decode did:key {shown(did_key)}: {exc}") from None
+        raise InvalidSigningKey(f"not a base58btc did:key (did:key:z...): {shown(did_key)}")
+    if len(did_key) > MAX_DID_KEY_CHARS:
+        raise InvalidSigningKey(f"not a did:key pypds reads: longer than {MAX_DID_KEY_CHARS} characters")
+    raw = base58btc_decode(did_key[len("did:key:z") :], f"did:key {shown(did_key)}")
     for curve, (prefix, _order, _ec) in _CURVES.items():
         if raw[:2] == prefix:
             if len(raw) != 35:
-                raise InvalidSigningKey(f"did:key {shown(did_key)} is not a compressed point")
-            return PublicKey(curve, raw[2:])
-    raise InvalidSigningKey(f"did:key {shown(did_key)} uses an unsupported key type")
+                raise InvalidSigningKey(
+                    f"did:key {shown(did_key)} does not hold a compressed {_CURVE_NAMES[curve]} key "
+                    f"({len(raw) - 2} bytes, not 33): is it complete?"
+                )
+            try:
+                return PublicKey(curve, raw[2:])
+            except InvalidSigningKey as exc:
+                raise InvalidSigningKey(f"did:key {shown(did_key)}: {exc}") from None
+    if raw[:2] == b"\xed\x01":
+        raise InvalidSigningKey(f"did:key {shown(did_key)} is an Ed25519 key: atproto signs with secp256k1 or P-256")
+    raise InvalidSigningKey(
+        f"did:key {shown(did_key)} is not a secp256k1 (zQ3s...) or P-256 (zDna...) key: is it complete?"
+    )
 
 
 def load_public_key(value: PublicKey | SigningKey | str) -> PublicKey:

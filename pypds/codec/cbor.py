@@ -32,6 +32,7 @@ __all__ = [
     "encode_record",
     "decode_record",
     "check_data_model",
+    "field_path",
 ]
 
 
@@ -93,18 +94,43 @@ def check_data_model(value: Any, where: str = "", limits: Limits = DEFAULT_LIMIT
         elif type(container) is list:
             items = container
         else:
-            _check_scalar(container, where)
+            _check_scalar(container, where, value)
             continue
         for item in items:
             kind = type(item)
             if kind is dict or kind is list:
                 stack.append((item, depth + 1))
             elif not (kind is str or kind is bytes or kind is bool or item is None):  # those need no check
-                _check_scalar(item, where)
+                _check_scalar(item, where, value)
+
+
+def field_path(root: Any, target: Any) -> str:
+    """Where ``target`` (this very object) is in ``root``, for messages: ``embed.images[0].alt``;
+    "" if it is ``root`` itself or absent. Iterative; each map and list is visited once."""
+    seen: set[int] = set()
+    stack: list[tuple[Any, str]] = [(root, "")]
+    while stack:
+        item, path = stack.pop()
+        if item is target:
+            return path
+        kind = type(item)
+        if (kind is dict or kind is list) and id(item) not in seen:
+            seen.add(id(item))
+            if kind is dict:
+                stack.extend((sub, f"{path}.{key}" if path else str(key)) for key, sub in item.items())
+            else:
+                stack.extend((sub, f"{path}[{index}]") for index, sub in enumerate(item))
+    return ""
 
 
 def _at(where: str) -> str:
     return f" in {where}" if where else ""
+
+
+def _shown_at(root: Any, item: Any, text: str) -> str:
+    """``text`` (how ``item`` is shown) preceded by the field that holds it in ``root``."""
+    field = field_path(root, item)
+    return f"{field} is {text}" if field else text
 
 
 def _check_unicode(key: str, where: str) -> None:
@@ -115,19 +141,26 @@ def _check_unicode(key: str, where: str) -> None:
         raise InvalidRecord(f"map key is not valid Unicode (a lone surrogate){_at(where)}: {shown(key)}") from None
 
 
-def _check_scalar(item: Any, where: str) -> None:
-    """A non-container value: ints in range, well-formed links; floats and other types refused."""
+def _check_scalar(item: Any, where: str, root: Any) -> None:
+    """A non-container value: ints in range, well-formed links; floats and other types refused.
+    Messages name the field of ``root`` that holds it."""
     kind = type(item)
     if kind is int:
         if not -(1 << 63) <= item < (1 << 63):
-            raise InvalidRecord(f"integer out of the 64-bit signed range{_at(where)}: {item}")
+            raise InvalidRecord(
+                f"integer out of the 64-bit signed range{_at(where)}: {_shown_at(root, item, str(item))}"
+            )
     elif kind is CID or isinstance(item, cbrrr.CID):  # a plain cbrrr.CID is encoded as a CID
         if not is_well_formed_cid(item.cid_bytes):
-            raise InvalidRecord(f"link is not a valid CIDv1{_at(where)}: {item.cid_bytes[:8].hex()}")
+            text = f"link {item.cid_bytes[:8].hex()}"
+            raise InvalidRecord(f"link is not a valid CIDv1{_at(where)}: {_shown_at(root, item, text)}")
     elif kind is float:
-        raise InvalidRecord(f"floats are not allowed in atproto records{_at(where)}: {shown(item)}")
+        raise InvalidRecord(
+            f"floats are not allowed in atproto records{_at(where)}: {_shown_at(root, item, shown(item))}"
+        )
     elif not (item is None or kind is str or kind is bytes or kind is bool):
-        raise InvalidRecord(f"unsupported value type {kind.__name__}{_at(where)}")
+        text = f"a {kind.__name__}"
+        raise InvalidRecord(f"unsupported value type {kind.__name__}{_at(where)}: {_shown_at(root, item, text)}")
 
 
 def _check_typed_object(item: dict, where: str) -> None:
