@@ -7,25 +7,25 @@ the curve order; verifiers reject anything else. Public keys travel as
 prefix ``e7 01`` (secp256k1) or ``80 24`` (P-256).
 
 secp256k1 signing uses coincurve (libsecp256k1: deterministic, always low-S);
-verification on both curves and P-256 signing use ``cryptography``.
+verification on both curves and P-256 signing use ``cryptography``. Both are
+imported on first use, not with this module (``cryptography`` alone costs
+about 10 ms of every start), and a signing key makes its library key the
+first time it signs or gives its public key: opening a repository to read
+it never loads them.
 """
 
 from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-
-import coincurve
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import (
-    Prehashed,
-    decode_dss_signature,
-    encode_dss_signature,
-)
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 from .errors import InvalidSigningKey, shown
+
+if TYPE_CHECKING:
+    import coincurve
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = [
     "SigningKey",
@@ -44,10 +44,8 @@ __all__ = [
 K256_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
-_CURVES = {
-    "k256": (b"\xe7\x01", K256_ORDER, ec.SECP256K1()),
-    "p256": (b"\x80\x24", P256_ORDER, ec.SECP256R1()),
-}
+#: curve -> (did:key multicodec prefix, group order)
+_CURVES = {"k256": (b"\xe7\x01", K256_ORDER), "p256": (b"\x80\x24", P256_ORDER)}
 _CURVE_NAMES = {"k256": "secp256k1", "p256": "P-256"}
 
 #: Longest did:key accepted (the two pypds reads are 57 characters); bounds the base58 decoding.
@@ -84,9 +82,12 @@ class PublicKey:
     """A secp256k1 or P-256 public key that verifies atproto signatures."""
 
     def __init__(self, curve: str, compressed: bytes) -> None:
+        from cryptography.hazmat.primitives.asymmetric import ec
+
         if curve not in _CURVES:
             raise InvalidSigningKey(f"unsupported curve {shown(curve)}")
-        prefix, order, ec_curve = _CURVES[curve]
+        prefix, order = _CURVES[curve]
+        ec_curve = ec.SECP256K1() if curve == "k256" else ec.SECP256R1()
         try:
             self._key = ec.EllipticCurvePublicKey.from_encoded_point(ec_curve, compressed)
         except ValueError:  # cryptography's reasons name its internals, not the user's mistake
@@ -107,6 +108,11 @@ class PublicKey:
         ``allow_high_s`` also accepts ``s`` in the upper half of the curve
         order: only for commits written before the low-S rule (version 2).
         """
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
+
         if len(signature) != 64:
             return False
         r = int.from_bytes(signature[:32], "big")
@@ -167,27 +173,31 @@ class K256SigningKey(SigningKey):
     curve = "k256"
 
     def __init__(self, secret: bytes) -> None:
-        _check_secret(secret, "secp256k1", K256_ORDER)
-        try:
-            self._key = coincurve.PrivateKey(bytes(secret))
-        except (ValueError, TypeError):
-            raise InvalidSigningKey("not a valid secp256k1 private key") from None
-        self._public = PublicKey("k256", self._key.public_key.format(compressed=True))
+        _check_secret(secret, "secp256k1", K256_ORDER)  # the range libsecp256k1 accepts
+        self._secret = bytes(secret)
 
     @classmethod
     def generate(cls) -> K256SigningKey:
+        import coincurve
+
         return cls(coincurve.PrivateKey().secret)
+
+    @cached_property
+    def _key(self) -> coincurve.PrivateKey:
+        import coincurve
+
+        return coincurve.PrivateKey(self._secret)
 
     def sign(self, data: bytes) -> bytes:
         # libsecp256k1 signs deterministically (RFC 6979) and always low-S
         return self._key.sign_recoverable(hashlib.sha256(data).digest(), hasher=None)[:64]
 
     def to_bytes(self) -> bytes:
-        return self._key.secret
+        return self._secret
 
-    @property
+    @cached_property
     def public_key(self) -> PublicKey:
-        return self._public
+        return PublicKey("k256", self._key.public_key.format(compressed=True))
 
 
 class P256SigningKey(SigningKey):
@@ -196,22 +206,27 @@ class P256SigningKey(SigningKey):
     curve = "p256"
 
     def __init__(self, secret: bytes) -> None:
-        _check_secret(secret, "P-256", P256_ORDER)
-        try:
-            self._key = ec.derive_private_key(int.from_bytes(secret, "big"), ec.SECP256R1())
-        except (ValueError, TypeError):
-            raise InvalidSigningKey("not a valid P-256 private key") from None
-        compressed = self._key.public_key().public_bytes(
-            serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
-        )
-        self._public = PublicKey("p256", compressed)
+        _check_secret(secret, "P-256", P256_ORDER)  # the range cryptography accepts
+        self._secret = bytes(secret)
 
     @classmethod
     def generate(cls) -> P256SigningKey:
+        from cryptography.hazmat.primitives.asymmetric import ec
+
         key = ec.generate_private_key(ec.SECP256R1())
         return cls(key.private_numbers().private_value.to_bytes(32, "big"))
 
+    @cached_property
+    def _key(self) -> ec.EllipticCurvePrivateKey:
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        return ec.derive_private_key(int.from_bytes(self._secret, "big"), ec.SECP256R1())
+
     def sign(self, data: bytes) -> bytes:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
         der = self._key.sign(data, ec.ECDSA(hashes.SHA256()))
         r, s = decode_dss_signature(der)
         if s > P256_ORDER // 2:
@@ -219,11 +234,14 @@ class P256SigningKey(SigningKey):
         return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
     def to_bytes(self) -> bytes:
-        return self._key.private_numbers().private_value.to_bytes(32, "big")
+        return self._secret
 
-    @property
+    @cached_property
     def public_key(self) -> PublicKey:
-        return self._public
+        from cryptography.hazmat.primitives import serialization
+
+        encoding, form = serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
+        return PublicKey("p256", self._key.public_key().public_bytes(encoding, form))
 
 
 def _check_secret(secret: object, curve: str, order: int) -> None:
@@ -278,7 +296,7 @@ def parse_did_key(did_key: str) -> PublicKey:
     if len(did_key) > MAX_DID_KEY_CHARS:
         raise InvalidSigningKey(f"not a did:key pypds reads: longer than {MAX_DID_KEY_CHARS} characters")
     raw = base58btc_decode(did_key[len("did:key:z") :], f"did:key {shown(did_key)}")
-    for curve, (prefix, _order, _ec) in _CURVES.items():
+    for curve, (prefix, _order) in _CURVES.items():
         if raw[:2] == prefix:
             if len(raw) != 35:
                 raise InvalidSigningKey(

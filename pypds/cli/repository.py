@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import string
 from collections import (
     Counter,
 )
@@ -143,7 +142,7 @@ def init_cmd(
 
 
 def _is_hex(text: str) -> bool:
-    return bool(text) and all(char in string.hexdigits for char in text)
+    return bool(text) and all(char in "0123456789abcdefABCDEF" for char in text)
 
 
 @click.command("inspect", short_help="Summarise a repository or CAR.")
