@@ -192,7 +192,6 @@ def test_the_network_exit_status_is_documented(capsys):
 
 
 def test_the_float_error_names_the_field():
-    value = {"$type": POST, "embed": {"aspectRatio": {"width": 1.5, "height": 2}}, "tags": ["a", 0.5]}
     with pytest.raises(InvalidRecord, match=r"not allowed in atproto data: embed\.aspectRatio\.width is 1\.5"):
         pypds.from_json({"$type": POST, "embed": {"aspectRatio": {"width": 1.5, "height": 2}}})
     with pytest.raises(InvalidRecord, match=r"tags\[1\] is 0\.5"):
@@ -201,7 +200,6 @@ def test_the_float_error_names_the_field():
         pypds.to_json({"tags": ["a", 0.5]})
     with pytest.raises(InvalidRecord, match=r"integer out of the 64-bit signed range: n is"):
         pypds.from_json({"$type": POST, "n": 1 << 64})
-    assert value["tags"][1] == 0.5
 
 
 def test_the_float_error_of_a_put_names_the_record_and_the_field(repo, tmp_path, capsys):
