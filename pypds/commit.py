@@ -64,7 +64,7 @@ class Commit:
 
     def encode(self) -> bytes:
         """Canonical DAG-CBOR of the signed commit."""
-        return cbrrr.encode_dag_cbor({**self.unsigned(), "sig": self.sig})
+        return cbrrr.encode_dag_cbor({**self.unsigned(), "sig": self.sig}, cid_type=CID)
 
     @property
     def label(self) -> str:
@@ -76,7 +76,7 @@ class Commit:
 
         Version 3 needs a low-S signature; version 2 also accepts a high-S one.
         """
-        unsigned = cbrrr.encode_dag_cbor(self.unsigned())
+        unsigned = cbrrr.encode_dag_cbor(self.unsigned(), cid_type=CID)
         if key.verify(unsigned, self.sig):
             return
         what = f"commit {self.label} of {self.did}"
@@ -104,7 +104,7 @@ def rev_is_newer(rev: str | None, than: str | None) -> bool:
 def sign_commit(did: str, data: CID, rev: str, key: SigningKey) -> tuple[Commit, bytes, CID]:
     """Build and sign a commit; returns (commit, block bytes, commit CID)."""
     unsigned: dict[str, Any] = {"did": did, "version": 3, "data": data, "rev": rev, "prev": None}
-    sig = key.sign(cbrrr.encode_dag_cbor(unsigned))
+    sig = key.sign(cbrrr.encode_dag_cbor(unsigned, cid_type=CID))
     commit = Commit(did=did, data=data, rev=rev, sig=sig)
     block = commit.encode()
     return commit, block, cid_for_cbor(block)
@@ -114,7 +114,7 @@ def decode_commit(block: bytes, cid: CID | None = None) -> Commit:
     """Decode and structurally check a commit block (version 3, or version 2)."""
     where = f"commit {cid.encode()}" if cid is not None else "commit"
     try:
-        obj = cbrrr.decode_dag_cbor(block)
+        obj = cbrrr.decode_dag_cbor(block, cid_ctor=CID)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidCommit(f"{where}: invalid DAG-CBOR: {exc}") from None
     if type(obj) is not dict:

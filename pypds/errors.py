@@ -67,6 +67,11 @@ def shown(value: object) -> str:
     return f"<{type(value).__name__}{size}>"
 
 
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """``count`` and the noun that agrees with it, for messages: ``1 node``, ``2 nodes``, ``0 entries``."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
 class PypdsError(Exception):
     """Base class of every error raised by pypds."""
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import cbrrr
 import pytest
+
+from pypds import CID
 
 FIXTURES = Path(__file__).parent / "fixtures"
 INTEROP = FIXTURES / "atproto-interop"
@@ -14,6 +18,16 @@ REALWORLD = FIXTURES / "realworld"
 
 DID = "did:plc:w4xbfzo7kqfes5zb7r6qv3rw"
 POST = "app.bsky.feed.post"
+
+
+def encode_dag_cbor(value: Any, **options: Any) -> bytes:
+    """cbrrr's encoder, for values linking with pypds CIDs (cbrrr's default is its own CID class)."""
+    return cbrrr.encode_dag_cbor(value, cid_type=CID, **options)
+
+
+def decode_dag_cbor(data: bytes, **options: Any) -> Any:
+    """cbrrr's decoder, making pypds CIDs (unless ``cid_ctor`` says otherwise)."""
+    return cbrrr.decode_dag_cbor(data, **{"cid_ctor": CID, **options})
 
 
 def load_json(path: Path):

@@ -8,7 +8,6 @@ import io
 import os
 import time
 
-import cbrrr
 import dag_cbor
 import multiformats
 import pytest
@@ -31,7 +30,7 @@ from pypds import (
 from pypds.car.writer import encode_varint
 from pypds.limits import MAX_CAR_HEADER_BYTES, MAX_CAR_SECTION_BYTES
 
-from .conftest import REFERENCE, load_json, read_uvarint
+from .conftest import REFERENCE, encode_dag_cbor, load_json, read_uvarint
 
 ROOT = cid_for_cbor(b"\xa0")  # the empty map
 
@@ -57,7 +56,7 @@ def read_car(source, **kwargs) -> tuple[list[CID], list[tuple[CID, bytes]]]:
 
 
 def header(obj) -> bytes:
-    raw = cbrrr.encode_dag_cbor(obj)
+    raw = encode_dag_cbor(obj)
     return encode_varint(len(raw)) + raw
 
 
@@ -69,7 +68,7 @@ def section(cid_bytes: bytes, data: bytes) -> bytes:
 
 
 def cbor_block(value) -> tuple[CID, bytes]:
-    data = cbrrr.encode_dag_cbor(value)
+    data = encode_dag_cbor(value)
     return cid_for_cbor(data), data
 
 
@@ -246,11 +245,11 @@ def test_malformed_header_is_a_car_format_error(obj):
     [
         b"\xff",  # not CBOR
         b"\xa2",  # truncated map
-        cbrrr.encode_dag_cbor({"roots": [ROOT], "version": 1}) + b"\x00",  # trailing byte in the header
+        encode_dag_cbor({"roots": [ROOT], "version": 1}) + b"\x00",  # trailing byte in the header
         # the two keys in non-canonical order (version before roots)
-        b"\xa2\x67version\x01\x65roots\x81" + cbrrr.encode_dag_cbor(ROOT),
+        b"\xa2\x67version\x01\x65roots\x81" + encode_dag_cbor(ROOT),
         # version as a non-minimal integer
-        b"\xa2\x65roots\x81" + cbrrr.encode_dag_cbor(ROOT) + b"\x67version\x18\x01",
+        b"\xa2\x65roots\x81" + encode_dag_cbor(ROOT) + b"\x67version\x18\x01",
     ],
     ids=["not-cbor", "truncated-map", "trailing-byte", "non-canonical-key-order", "non-minimal-int"],
 )
@@ -400,7 +399,7 @@ def _cid_with_digest(prefix: bytes, data: bytes, digest: bytes | None = None) ->
     return prefix + (hashlib.sha256(data).digest() if digest is None else digest)
 
 
-DATA = cbrrr.encode_dag_cbor({"text": "a block long enough to fill any section"})
+DATA = encode_dag_cbor({"text": "a block long enough to fill any section"})
 UNSUPPORTED_SECTION_CIDS = {
     "cidv0": _cid_with_digest(b"\x12\x20", DATA),
     "sha512": b"\x01\x71\x13\x40" + hashlib.sha512(DATA).digest(),

@@ -277,6 +277,6 @@ def test_resolve_says_when_a_claimed_handle_does_not_point_back(capsys, identity
     assert "alice.test claimed, NOT verified" in out
     info = run_json(capsys, "resolve", DID, *_resolver_args(web, dns))
     assert info["handle"] is None and not info["handleVerified"] and info["claimedHandles"] == ["alice.test"]
-    err = assert_error(capsys, 2, "resolve", "nobody.test", *_resolver_args(web, dns))
+    err = assert_error(capsys, 3, "resolve", "nobody.test", *_resolver_args(web, dns))
     assert "did not resolve" in err
     assert "invalid handle" in assert_error(capsys, 2, "resolve", "not a handle", *_resolver_args(web, dns))

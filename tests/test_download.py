@@ -299,9 +299,9 @@ def test_cli_download_of_a_tampered_repository_fails_with_status_1(source, proxy
     assert not (tmp_path / "copy").exists()
 
 
-def test_cli_download_of_an_unknown_handle_fails_with_status_2(source, tmp_path, capsys):
+def test_cli_download_of_an_unknown_handle_fails_with_status_3(source, tmp_path, capsys):
     args = cli_args(source)
-    assert main(["download", "nobody.test", "-o", str(tmp_path / "copy"), *args]) == 2
+    assert main(["download", "nobody.test", "-o", str(tmp_path / "copy"), *args]) == 3  # a network failure
     assert capsys.readouterr().err.startswith("pypds: handle nobody.test did not resolve")
 
 
@@ -823,7 +823,7 @@ def test_cli_download_gives_up_on_a_dripping_pds(source, proxy, tmp_path, capsys
     proxy.before["getRepo"] = drip()
     started = time.monotonic()
     args = [*cli_args(source), "--retries", "0", "--min-rate", "0", "--deadline", "0.5"]
-    assert main(["download", HANDLE, "-o", str(tmp_path / "copy"), *args]) == 2
+    assert main(["download", HANDLE, "-o", str(tmp_path / "copy"), *args]) == 3
     assert time.monotonic() - started < 3
     assert "deadline has passed" in capsys.readouterr().err
 
@@ -838,7 +838,7 @@ def test_bad_pace_settings_are_refused(source, tmp_path, settings):
 
 
 def test_cli_caps_the_car_size(source, tmp_path, capsys):
-    assert main(["download", HANDLE, "-o", str(tmp_path / "copy"), *cli_args(source), "--max-car-size", "1K"]) == 2
+    assert main(["download", HANDLE, "-o", str(tmp_path / "copy"), *cli_args(source), "--max-car-size", "1K"]) == 3
     err = capsys.readouterr().err
     assert "limit max_car_bytes exceeded" in err and "> 1024" in err
     assert not (tmp_path / "copy").exists() and no_temp_files(tmp_path)
@@ -917,7 +917,7 @@ def test_a_pds_at_a_loopback_address_needs_the_opt_in(source, proxy, tmp_path, c
     with pytest.raises(AddressRefused, match=r"the PDS of .* 127\.0\.0\.1 is not a public address.*allow-private"):
         download(HANDLE, tmp_path / "copy", config=config)
     args = [a for a in cli_args(source) if a != "--allow-private-network"]
-    assert main(["download", HANDLE, "-o", str(tmp_path / "copy"), *args]) == 2
+    assert main(["download", HANDLE, "-o", str(tmp_path / "copy"), *args]) == 3
     assert "--allow-private-network" in capsys.readouterr().err
     assert sum(proxy.hits.values()) == 0 and not (tmp_path / "copy").exists()
 

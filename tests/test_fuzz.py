@@ -26,7 +26,6 @@ import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
 
-import cbrrr
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -57,7 +56,7 @@ from pypds.codec import cbor as pcbor
 from pypds.limits import MAX_CAR_HEADER_BYTES
 from pypds.mst import Node, decode_node, encode_node, key_height, walk_tree
 
-from .conftest import DID, POST
+from .conftest import DID, POST, encode_dag_cbor
 
 LIKE = "app.bsky.feed.like"
 DAG = b"\x01\x71\x12\x20"
@@ -359,7 +358,7 @@ def test_carreader_on_arbitrary_bytes(data):
 @fuzz_settings(300)
 @given(st.binary(max_size=2048))
 def test_carreader_on_arbitrary_sections_after_a_valid_header(data):
-    header = frame(cbrrr.encode_dag_cbor({"roots": [cid_for_cbor(b"\xa0")], "version": 1}))
+    header = frame(encode_dag_cbor({"roots": [cid_for_cbor(b"\xa0")], "version": 1}))
     read_car_every_way(header + data)
 
 
@@ -442,7 +441,7 @@ def sections(draw) -> tuple[bytes, tuple[bytes, bytes] | None]:
     parts=st.lists(sections(), max_size=6),
 )
 def test_carreader_on_structured_cars_accepts_exactly_the_valid_ones(header, header_length, parts):
-    raw = cbrrr.encode_dag_cbor(header)
+    raw = encode_dag_cbor(header)
     length = len(raw) if header_length is None else header_length
     car = encode_varint(length) + raw + b"".join(p for p, _ in parts)
     expect_ok = length == len(raw) and header_ok(header) and all(block is not None for _, block in parts)
@@ -458,7 +457,7 @@ def test_carreader_on_structured_cars_accepts_exactly_the_valid_ones(header, hea
 @fuzz_settings(200)
 @given(length=st.integers(0, (1 << 63) - 1), tail=st.binary(max_size=64))
 def test_carreader_on_random_section_length_varints(length, tail):
-    header = frame(cbrrr.encode_dag_cbor({"roots": [cid_for_cbor(b"\xa0")], "version": 1}))
+    header = frame(encode_dag_cbor({"roots": [cid_for_cbor(b"\xa0")], "version": 1}))
     result = read_car_every_way(header + encode_varint(length) + tail)
     # no block can hash-check: a section needs a CID and the right digest
     assert result[0] == "error"
@@ -479,7 +478,7 @@ def test_decode_node_and_commit_on_arbitrary_bytes(data):
 @fuzz_settings(200)
 @given(dag_values)
 def test_decode_node_and_commit_on_random_dag_cbor_values(value):
-    data = cbrrr.encode_dag_cbor(value)
+    data = encode_dag_cbor(value)
     node = outcome(decode_node, data)
     check_node_result(node, data)
     assert not isinstance(node, InvalidCbor), node  # valid DAG-CBOR is never a CBOR error
@@ -599,7 +598,7 @@ small_limits = st.builds(
 @fuzz_settings(300)
 @given(obj=node_maps(), limits=small_limits)
 def test_decode_node_accepts_exactly_the_well_formed_node_maps(obj, limits):
-    data = cbrrr.encode_dag_cbor(obj)
+    data = encode_dag_cbor(obj)
     result = outcome(decode_node, data, None, limits)
     check_node_result(result, data)
     expect = node_ok(obj, limits)
@@ -680,7 +679,7 @@ def commit_maps(draw) -> tuple[dict, bool]:
 @given(commit_maps())
 def test_decode_commit_accepts_exactly_the_well_formed_commit_maps(drawn):
     obj, expect = drawn
-    data = cbrrr.encode_dag_cbor(obj)
+    data = encode_dag_cbor(obj)
     result = outcome(decode_commit, data)
     check_commit_result(result, data)
     assert (not isinstance(result, PypdsError)) == expect, (obj, result)
@@ -726,7 +725,7 @@ def test_worst_case_node_decodes_within_the_time_bound():
     stem = b"app.bsky.feed.post/" + b"a" * (1024 - 19 - 23)
     keys = [stem + b"%023d" % i for i in range(Limits().max_mst_node_entries)]
     value = cid_for_cbor(b"\xa0")
-    data = cbrrr.encode_dag_cbor(compress(keys, [value] * len(keys), [None] * (len(keys) + 1)))
+    data = encode_dag_cbor(compress(keys, [value] * len(keys), [None] * (len(keys) + 1)))
     started = time.perf_counter()
     node = decode_node(data)
     assert time.perf_counter() - started < DEADLINE_MS / 1000
@@ -758,13 +757,13 @@ def block_edits(draw, source: Source) -> tuple[bytes, bool]:
             j = draw(st.integers(0, len(blocks) - 1))
             blocks[i], blocks[j] = blocks[j], blocks[i]
         elif op == "rehash" and blocks:  # new content under its own, correct CID
-            new = draw(st.one_of(mutated(blocks[i][1], 2), dag_values.map(cbrrr.encode_dag_cbor)))
+            new = draw(st.one_of(mutated(blocks[i][1], 2), dag_values.map(encode_dag_cbor)))
             blocks[i] = (cid_for_cbor(new), new)
         elif op == "corrupt" and blocks:  # new content under the old CID
             new = draw(mutated(blocks[i][1], 2).filter(lambda b, old=blocks[i][1]: b != old))
             blocks[i] = (blocks[i][0], new)
         elif op == "extra":
-            new = draw(dag_values.map(cbrrr.encode_dag_cbor) | st.binary(max_size=40))
+            new = draw(dag_values.map(encode_dag_cbor) | st.binary(max_size=40))
             make = draw(st.sampled_from([cid_for_cbor, cid_for_raw]))
             blocks.insert(draw(st.integers(0, len(blocks))), (make(new), new))
         elif op == "bad-extra":
@@ -827,7 +826,7 @@ def cbor_map(fields: dict[str, bytes]) -> bytes:
 
 
 def enc(value) -> bytes:
-    return cbrrr.encode_dag_cbor(value)
+    return encode_dag_cbor(value)
 
 
 def commit_with(field_name: str, deep: bytes) -> bytes:
@@ -985,7 +984,7 @@ def test_import_of_deep_blocks_is_a_pypds_error(source, tmp_path, depth, shape):
     # a record of an otherwise valid one-key tree is deep
     record_bytes = cbor_map({"a": deep, "$type": enc(POST)})
     record_cid = cid_for_cbor(record_bytes)
-    node = cbrrr.encode_dag_cbor(compress([f"{POST}/deep".encode()], [record_cid], [None, None]))
+    node = encode_dag_cbor(compress([f"{POST}/deep".encode()], [record_cid], [None, None]))
     commit = signed_commit(cid_for_cbor(node))
     car = write_car([commit[0]], [commit, (cid_for_cbor(node), node), (record_cid, record_bytes)])
     assert_import_fails(car, LimitExceeded, tmp_path)
@@ -1041,7 +1040,7 @@ def test_regression_put_of_a_record_with_a_deep_value_in_a_nested_typed_object(r
 def test_regression_import_of_a_record_with_a_deep_value_in_a_nested_typed_object(tmp_path, make, depth):
     record_bytes = make(depth)
     record_cid = cid_for_cbor(record_bytes)
-    node = cbrrr.encode_dag_cbor(compress([f"{POST}/deep".encode()], [record_cid], [None, None]))
+    node = encode_dag_cbor(compress([f"{POST}/deep".encode()], [record_cid], [None, None]))
     commit = signed_commit(cid_for_cbor(node))
     car = write_car([commit[0]], [commit, (cid_for_cbor(node), node), (record_cid, record_bytes)])
     assert_import_fails(car, InvalidRecord, tmp_path)

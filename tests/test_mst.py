@@ -25,7 +25,7 @@ from pypds.mst import (
 )
 from pypds.mst.node import common_prefix_len, resolve
 
-from .conftest import INTEROP, REFERENCE, load_json
+from .conftest import INTEROP, REFERENCE, encode_dag_cbor, load_json
 
 LEAF = CID.decode("bafyreie5cvv4h45feadgeuwhbcutmh6t2ceseocckahdoe6uat64zmz454")
 EXAMPLE_KEYS = [k for k in (INTEROP / "mst" / "example_keys.txt").read_text().split() if k]
@@ -308,10 +308,9 @@ def test_stored_stream_order_matches_the_node_walk(numbers):
     ],
 )
 def test_decode_links_rejects_malformed_nodes(value):
-    import cbrrr
 
     from pypds.mst.node import decode_links
 
-    data = cbrrr.encode_dag_cbor(value)
+    data = encode_dag_cbor(value)
     with pytest.raises(InvalidMst):
         decode_links(data, cid_for_cbor(data))

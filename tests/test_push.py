@@ -444,7 +444,7 @@ def test_cli_push_creates_an_account_and_prints_json(local, stub, capsys):
 
 def test_cli_push_failures_are_one_line_with_the_exit_status(local, stub, capsys, monkeypatch):
     monkeypatch.setenv("PYPDS_PASSWORD", "wrong")
-    assert main(["push", str(local.path), "--pds", stub.url, "--retries", "0"]) == 2
+    assert main(["push", str(local.path), "--pds", stub.url, "--retries", "0"]) == 3
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("pypds: logging in to") and "Invalid identifier or password" in err
     stub.session_did = OTHER_DID

@@ -34,7 +34,7 @@ from pypds.net.server import SHUTDOWN_TIMEOUT, make_app, start_server
 from pypds.repo import referenced_blobs as referenced_module
 from pypds.storage.blobs import SEGMENT_BYTES, BlobFile, BlobStore
 
-from .conftest import DID, POST, post, read_uvarint
+from .conftest import DID, POST, decode_dag_cbor, post, read_uvarint
 from .hostile_blobs import HOSTILE, plant
 from .netstubs import LOOPBACK, ServerThread
 
@@ -622,10 +622,8 @@ def test_get_record_bad_path_is_invalid_request(world, collection, rkey):
 
 def read_car_without_roots(body: bytes) -> tuple[list, list[tuple[bytes, bytes]]]:
     """Parse a CAR by hand (pypds' reader insists on a root; getBlocks has none)."""
-    import cbrrr
-
     stream = io.BytesIO(body)
-    header = cbrrr.decode_dag_cbor(stream.read(read_uvarint(stream)))
+    header = decode_dag_cbor(stream.read(read_uvarint(stream)))
     assert header["version"] == 1
     blocks = []
     while stream.tell() < len(body):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..codec.cid import CID
 from ..commit import decode_commit
-from ..errors import MissingBlock
+from ..errors import MissingBlock, counted
 from ..limits import DEFAULT_LIMITS, Limits
 from ..mst.nodestore import NodeStore
 from ..mst.tree import iter_stream_order
@@ -66,8 +66,10 @@ def check_car_order(source: CarSource, *, limits: Limits = DEFAULT_LIMITS) -> Ca
             )
     if len(order) > len(expected):
         extra = len(order) - len(expected)
-        return CarOrder(False, f"{extra} blocks the tree does not reach, from block {len(expected)}", len(order))
+        unreached = counted(extra, "block")
+        return CarOrder(False, f"{unreached} the tree does not reach, from block {len(expected)}", len(order))
     if len(order) < len(expected):
         missing = len(expected) - len(order)
-        return CarOrder(False, f"{missing} blocks of the tree are missing after block {len(order)}", len(order))
+        missing_blocks = f"{counted(missing, 'block')} of the tree {'is' if missing == 1 else 'are'} missing"
+        return CarOrder(False, f"{missing_blocks} after block {len(order)}", len(order))
     return CarOrder(True, "stream-friendly order", len(order))

@@ -154,7 +154,7 @@ class CarReader:
             raise LimitExceeded("max_car_header_bytes", size, self._limits.max_car_header_bytes, "byte 0")
         raw = self._input.read_exact(size, "header")
         try:
-            header = cbrrr.decode_dag_cbor(raw)
+            header = cbrrr.decode_dag_cbor(raw, cid_ctor=CID)
         except (ValueError, TypeError, OverflowError) as exc:
             raise CarFormatError(f"CAR header is not valid DAG-CBOR: {exc}") from None
         if type(header) is not dict:

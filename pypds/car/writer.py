@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import cbrrr
 
-from ..codec.cid import CID
+from ..codec.cid import CID, relink
 from ..filesystem import atomic_file
 
 __all__ = ["CarWriter", "Writable", "encode_varint", "write_car_file"]
@@ -37,8 +37,8 @@ class CarWriter:
 
     def __init__(self, stream: Writable, roots: list[CID]) -> None:
         self._stream = stream
-        fields: dict[str, Any] = {"roots": roots, "version": 1}
-        header = cbrrr.encode_dag_cbor(fields)
+        fields: dict[str, Any] = {"roots": relink(roots), "version": 1}  # a plain cbrrr.CID root too
+        header = cbrrr.encode_dag_cbor(fields, cid_type=CID)
         stream.write(encode_varint(len(header)) + header)
 
     def write_block(self, cid: CID, data: bytes) -> None:

@@ -7,7 +7,7 @@ repository directory or a CAR file (``-``: stdin); a CAR is loaded with full
 verification into a temporary repository, so both take the same code path.
 
 Exit status: 0 success, 1 a check failed (corrupt data, bad signature,
-failed verification), 2 usage or input error.
+failed verification), 2 usage or input error, 3 network failure.
 
 Layout: ``app`` (the group, ``main`` and error mapping), ``_read`` (commands
 that take SRC), ``_write`` (commands on a repository directory), ``_common``

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import click
 
-from ..errors import IntegrityError, PypdsError
+from ..errors import IntegrityError, NetworkError, PypdsError
 from ..version import __version__
 from .blobs import BLOB_COMMANDS
 from .car import CAR_COMMANDS
@@ -18,7 +18,7 @@ from .records import RECORD_COMMANDS
 from .refs import REF_COMMANDS
 from .repository import REPOSITORY_COMMANDS
 
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_NETWORK = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130
 
 _NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", None)  # click >= 8.2
@@ -36,7 +36,8 @@ def cli() -> None:
     commands take either. PATH is a repository directory.
 
     Exit status: 0 success, 1 a check failed (corrupt data, bad signature,
-    failed verification), 2 usage or input error.
+    failed verification), 2 usage or input error, 3 network failure (a
+    server not reached, too slow, refusing or answering badly).
 
     \b
     Example session:
@@ -84,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
     Errors never raise: each becomes one line ``pypds: <message>`` on stderr
-    and the status 1 (an integrity check failed) or 2 (usage or input error).
+    and the status 1 (an integrity check failed), 2 (usage or input error) or
+    3 (a network failure: :class:`~pypds.errors.NetworkError`).
     Warnings are one line ``pypds: warning: <message>``. Set ``PYPDS_DEBUG=1``
     to get the traceback of an unexpected error.
     """
@@ -107,6 +109,8 @@ def _run(args: list[str]) -> int:
         return _fail("interrupted", EXIT_INTERRUPTED)
     except IntegrityError as exc:
         return _fail(str(exc), EXIT_CHECK_FAILED)
+    except NetworkError as exc:
+        return _fail(str(exc), EXIT_NETWORK)
     except PypdsError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except OSError as exc:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import mimetypes
-
 import click
 
 from ..codec.cid import (
@@ -50,6 +48,8 @@ def blob_put_cmd(path: str, file: str, mime: str | None, as_json: bool) -> None:
       pypds blob put ./alice cat.png --mime image/png
     """
     if mime is None:
+        import mimetypes  # only here: it is a cost of every start otherwise
+
         mime = mimetypes.guess_type(file)[0] if file != "-" else None
         if mime is None:
             raise click.UsageError(f"cannot guess the MIME type of {file}: pass --mime TYPE")

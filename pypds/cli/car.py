@@ -8,6 +8,9 @@ from pathlib import (
 
 import click
 
+from ..errors import (
+    counted,
+)
 from ..keys import (
     PublicKey,
 )
@@ -87,7 +90,7 @@ def import_cmd(path: str, car: str, key: PublicKey | None, as_json: bool, quiet:
         emit_json(info)
     else:
         verb = "created" if created else "updated"
-        echo(f"{verb} {path}: imported {blocks} blocks ({human_size(reader.count)}), did {did}")
+        echo(f"{verb} {path}: imported {counted(blocks, 'block')} ({human_size(reader.count)}), did {did}")
         echo(f"head {head.encode()}  rev {rev_text(rev)}  signature {info['signature']}")
 
 
@@ -166,7 +169,7 @@ def compact_cmd(src: str, out: str, as_json: bool, quiet: bool) -> None:
         emit_json(info)
     else:
         before = f" from {human_size(source.car_bytes)}" if source.car_bytes is not None else ""
-        echo(f"wrote {out}: {blocks} blocks, {human_size(writer.count)}{before} (commit {head.encode()})")
+        echo(f"wrote {out}: {counted(blocks, 'block')}, {human_size(writer.count)}{before} (commit {head.encode()})")
 
 
 CAR_COMMANDS = [import_cmd, export_cmd, compact_cmd]

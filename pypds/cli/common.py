@@ -168,15 +168,15 @@ def signing_key_options(func: F) -> F:
 def given_key(hex_key: str | None, key_file: str | None, curve: str, hex_param: str) -> SigningKey | None:
     """The key from a key file or hex (an option or the environment); a file given on the
     command line wins over the environment, but not over a hex key also given there."""
+    option = "--signing-key" if hex_param == "signing_key" else "--key"
     if key_file is not None and hex_key is not None:
         source = click.get_current_context().get_parameter_source(hex_param)
         if source is not click.core.ParameterSource.ENVIRONMENT:
-            raise click.UsageError("give the key once: --signing-key-file or a hex key, not both")
+            raise click.UsageError(f"give the key once: --signing-key-file or {option} HEX, not both")
     if key_file is not None:
         return _parse_key(read_key_file(key_file), curve, "'--signing-key-file'")
     if hex_key is not None:
-        hint = "'--signing-key'" if hex_param == "signing_key" else "'--key'"
-        return _parse_key(hex_key, curve, hint)
+        return _parse_key(hex_key, curve, f"'{option}'")
     return None
 
 

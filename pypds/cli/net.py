@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from ..errors import IntegrityError, NetworkError
+from ..errors import IntegrityError, NetworkError, counted
 from .common import (
     InputError,
     Progress,
@@ -368,7 +368,7 @@ def download_cmd(
 
     With --since an existing copy is brought up to date with a diff CAR;
     with --blobs every blob not yet stored is fetched and checked against
-    its CID. A blob that fails is reported (exit status 1 or 2) and fetched
+    its CID. A blob that fails is reported (exit status 1 or 3) and fetched
     by the next run. A copy is never moved back to an older commit (exit
     status 1): that is `pypds head --set` or `pypds import`, on purpose.
 
@@ -397,7 +397,8 @@ def download_cmd(
 def _print_report(report: DownloadReport, blobs: bool) -> None:
     identity = report.identity
     who = identity.did if identity.handle is None else f"{identity.did} ({identity.handle})"
-    size = f", {report.blocks} blocks, {human_size(report.car_bytes)}" if report.action != "unchanged" else ""
+    blocks = counted(report.blocks, "block")
+    size = f", {blocks}, {human_size(report.car_bytes)}" if report.action != "unchanged" else ""
     echo(f"{report.action} {report.path}: {who} from {identity.pds}{size}")
     if report.action == "unchanged":  # nothing was downloaded, so nothing was verified in this run
         echo(f"head {report.head.encode()}  rev {report.rev}  already the PDS's latest commit")
@@ -523,7 +524,7 @@ def push_cmd(
     account for the repository's DID (--create-account --handle --email) is authorised by a
     service-auth JWT signed with the repository's signing key, which the DID document must name;
     the PDS creates it deactivated, as in any account migration. Nothing local is changed; a
-    refused login or import, or an account of another DID, is one line on stderr (exit status 2,
+    refused login or import, or an account of another DID, is one line on stderr (exit status 3,
     1 for a DID mismatch). Blobs that fail are listed, and a rerun sends only what is missing.
 
     \b

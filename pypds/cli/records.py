@@ -25,6 +25,7 @@ from ..codec.cid import (
 )
 from ..errors import (
     RecordNotFound,
+    counted,
 )
 from ..repo.repo import (
     Repo,
@@ -207,7 +208,8 @@ def unpack_cmd(src: str, out_dir: str, force: bool, at: CommitChoice, as_json: b
     if as_json:
         emit_json({"dir": out_dir, "commit": head.encode(), "records": records, "collections": dict(counts)})
     else:
-        echo(f"unpacked {records} records in {len(counts)} collections to {out_dir} (commit {head.encode()})")
+        what = f"{counted(records, 'record')} in {counted(len(counts), 'collection')}"
+        echo(f"unpacked {what} to {out_dir} (commit {head.encode()})")
 
 
 def _write_json(path: Path, value: object) -> None:

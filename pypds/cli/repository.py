@@ -19,6 +19,7 @@ from ..codec.cid import (
 )
 from ..errors import (
     BadSignature,
+    counted,
 )
 from ..keys import (
     PublicKey,
@@ -72,6 +73,7 @@ from .common import (
     quiet_option,
     resolve_commit,
     short_cid,
+    warn,
 )
 
 
@@ -120,6 +122,12 @@ def init_cmd(
       pypds init ./bob --did did:plc:w4xbfzo7kqfes5zb7r6qv3rw --signing-key-file bob.key
     """
     key: SigningKey | None
+    if key_spec is not None and key_spec not in ("k256", "p256") and not _is_hex(key_spec.strip()):
+        raise click.BadParameter(
+            "not hex, k256 or p256: give k256 or p256 for a new key on that curve, or a private key "
+            "of 64 hex characters",
+            param_hint="'--key'",
+        )
     if key_spec in ("k256", "p256"):
         if signing_key_file is not None:
             raise click.UsageError(f"--key {key_spec} generates a key: do not give --signing-key-file too")
@@ -133,6 +141,10 @@ def init_cmd(
     with Repo.create(path, did, signing_key=key, store_key=not no_store_key) as repo:
         info = {"path": path, "did": repo.did, "didKey": repo.did_key, "head": repo.head.encode(), "rev": repo.rev}
     print_info(info, as_json)
+
+
+def _is_hex(text: str) -> bool:
+    return bool(text) and all(char in "0123456789abcdefABCDEF" for char in text)
 
 
 @click.command("inspect", short_help="Summarise a repository or CAR.")
@@ -352,7 +364,7 @@ def _draw_mst(nodes: list[dict], full: bool) -> None:
 
     def label(node: dict) -> str:
         keys = len(node["entries"])
-        return f"{short_cid(node['cid'], full)}  layer {node['layer']}, {keys} key{'s' if keys != 1 else ''}"
+        return f"{short_cid(node['cid'], full)}  layer {node['layer']}, {counted(keys, 'key')}"
 
     def items(node: dict) -> list[tuple]:
         out: list[tuple] = [("node", node["left"])] if node["left"] else []
@@ -390,7 +402,7 @@ def _draw_mst(nodes: list[dict], full: bool) -> None:
     echo()
     print_rows(
         [
-            (f"layer {layer}", f"{layers[layer]} node{'s' if layers[layer] != 1 else ''}", f"{keys[layer]} keys")
+            (f"layer {layer}", counted(layers[layer], "node"), counted(keys[layer], "key"))
             for layer in sorted(layers, reverse=True)
         ]
     )
@@ -452,6 +464,9 @@ def diff_cmd(
         with ExitStack() as stack:
             left = stack.enter_context(open_source(a, progress))
             right = stack.enter_context(open_source(b, progress))
+            if left.repo.did != right.repo.did:
+                dids = f"{a} is {left.repo.did}, {b} is {right.repo.did}"
+                warn(f"comparing two different accounts ({dids}): the changes are between their records")
             # The two sides may belong to different DIDs (a fork, a migration), which one
             # repository cannot hold, so rather than importing both into one repo the trees are
             # compared with diff_trees over a node source that reads from both. Each side is a

@@ -26,9 +26,11 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import cbrrr
+
 from ..errors import InvalidRecord, LimitExceeded, shown
 from ..limits import DEFAULT_LIMITS, Limits
-from .cbor import check_data_model
+from .cbor import check_data_model, field_path
 from .cid import CID, is_well_formed_cid
 
 __all__ = ["to_json", "from_json", "loads"]
@@ -48,27 +50,35 @@ def from_json(obj: Any, limits: Limits = DEFAULT_LIMITS) -> dict:
     return value
 
 
-def _leaf_to_json(value: Any) -> Any:
+def _leaf_to_json(value: Any, field: str = "") -> Any:
     kind = type(value)
-    if kind is CID:
+    if kind is CID or isinstance(value, cbrrr.CID):
         return {"$link": value.encode()}
     if kind is bytes:
         return {"$bytes": base64.b64encode(value).decode().rstrip("=")}
     if kind is float:
-        raise InvalidRecord(f"floats are not part of the atproto data model: {value!r}")
+        raise InvalidRecord(f"floats are not part of the atproto data model: {_is(field, repr(value))}")
     if value is None or kind in (str, int, bool):
         return value
-    raise InvalidRecord(f"cannot convert {kind.__name__} to atproto JSON")
+    raise InvalidRecord(f"cannot convert {kind.__name__} to atproto JSON{_in(field)}")
 
 
-def _leaf_from_json(value: Any) -> Any:
+def _leaf_from_json(value: Any, field: str = "") -> Any:
     if type(value) is float:
         if value.is_integer():
             return int(value)
-        raise InvalidRecord(f"floats are not allowed in atproto data: {value!r}")
+        raise InvalidRecord(f"floats are not allowed in atproto data: {_is(field, repr(value))}")
     if value is None or type(value) in (str, int, bool):
         return value
-    raise InvalidRecord(f"not a JSON value: {type(value).__name__}")
+    raise InvalidRecord(f"not a JSON value{_in(field)}: {type(value).__name__}")
+
+
+def _is(field: str, text: str) -> str:
+    return f"{field} is {text}" if field else text
+
+
+def _in(field: str) -> str:
+    return f" in {field}" if field else ""
 
 
 _MISSING = object()
@@ -100,11 +110,12 @@ def _special_from_json(obj: dict) -> Any:
 
 def _transform(
     value: Any,
-    leaf: Callable[[Any], Any],
+    leaf: Callable[[Any, str], Any],
     special: Callable[[dict], Any] | None,
     limits: Limits,
 ) -> Any:
-    """Rebuild ``value`` with ``leaf`` applied to scalars, iteratively."""
+    """Rebuild ``value`` with ``leaf`` applied to scalars, iteratively. A leaf that fails is
+    given again the field that holds it, for its message."""
     holder: list[Any] = [None]
     stack: list[tuple[Any, Any, Any, int]] = [(value, holder, 0, 0)]
     max_depth = limits.max_cbor_depth
@@ -132,7 +143,11 @@ def _transform(
             stack.extend((sub, out_list, i, depth + 1) for i, sub in enumerate(item))
             parent[slot] = out_list
         else:
-            parent[slot] = leaf(item)
+            try:
+                parent[slot] = leaf(item, "")
+            except InvalidRecord:
+                leaf(item, field_path(value, item))
+                raise
     return holder[0]
 
 

@@ -24,7 +24,7 @@ import cbrrr
 
 from ..errors import InvalidCbor, InvalidRecord, LimitExceeded, shown
 from ..limits import DEFAULT_LIMITS, Limits
-from .cid import CID, is_well_formed_cid, link_from_bytes
+from .cid import CID, is_well_formed_cid, link_from_bytes, relink
 
 __all__ = [
     "encode",
@@ -32,18 +32,32 @@ __all__ = [
     "encode_record",
     "decode_record",
     "check_data_model",
+    "field_path",
 ]
 
 
 def encode(value: Any, where: str = "") -> bytes:
-    """Encode a value as canonical DAG-CBOR (map keys sorted, shortest ints); InvalidRecord if it cannot be."""
+    """Encode a value as canonical DAG-CBOR (map keys sorted, shortest ints); InvalidRecord if it cannot be.
+
+    Links are :class:`~pypds.codec.cid.CID`s; plain ``cbrrr.CID``s (values
+    decoded by cbrrr itself) are accepted too, at the cost of a copy.
+    """
     try:
-        return cbrrr.encode_dag_cbor(value)
+        return _encode_links(value)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidRecord(f"cannot encode as DAG-CBOR{_at(where)}: {exc}") from None
     except SystemError as exc:  # cbrrr loses an error raised while sorting map keys
         cause = exc.__context__ if isinstance(exc.__context__, (TypeError, ValueError)) else exc
         raise InvalidRecord(f"cannot encode as DAG-CBOR{_at(where)}: {cause}") from None
+
+
+def _encode_links(value: Any) -> bytes:
+    """cbrrr's encoder for values linking with :class:`CID`; on a type it refuses (a plain
+    ``cbrrr.CID``, or a type no link makes valid), one more try with every link a ``CID``."""
+    try:
+        return cbrrr.encode_dag_cbor(value, cid_type=CID)
+    except TypeError:
+        return cbrrr.encode_dag_cbor(relink(value), cid_type=CID)
 
 
 def decode(data: bytes, where: str = "") -> Any:
@@ -80,18 +94,43 @@ def check_data_model(value: Any, where: str = "", limits: Limits = DEFAULT_LIMIT
         elif type(container) is list:
             items = container
         else:
-            _check_scalar(container, where)
+            _check_scalar(container, where, value)
             continue
         for item in items:
             kind = type(item)
             if kind is dict or kind is list:
                 stack.append((item, depth + 1))
             elif not (kind is str or kind is bytes or kind is bool or item is None):  # those need no check
-                _check_scalar(item, where)
+                _check_scalar(item, where, value)
+
+
+def field_path(root: Any, target: Any) -> str:
+    """Where ``target`` (this very object) is in ``root``, for messages: ``embed.images[0].alt``;
+    "" if it is ``root`` itself or absent. Iterative; each map and list is visited once."""
+    seen: set[int] = set()
+    stack: list[tuple[Any, str]] = [(root, "")]
+    while stack:
+        item, path = stack.pop()
+        if item is target:
+            return path
+        kind = type(item)
+        if (kind is dict or kind is list) and id(item) not in seen:
+            seen.add(id(item))
+            if kind is dict:
+                stack.extend((sub, f"{path}.{key}" if path else str(key)) for key, sub in item.items())
+            else:
+                stack.extend((sub, f"{path}[{index}]") for index, sub in enumerate(item))
+    return ""
 
 
 def _at(where: str) -> str:
     return f" in {where}" if where else ""
+
+
+def _shown_at(root: Any, item: Any, text: str) -> str:
+    """``text`` (how ``item`` is shown) preceded by the field that holds it in ``root``."""
+    field = field_path(root, item)
+    return f"{field} is {text}" if field else text
 
 
 def _check_unicode(key: str, where: str) -> None:
@@ -102,19 +141,26 @@ def _check_unicode(key: str, where: str) -> None:
         raise InvalidRecord(f"map key is not valid Unicode (a lone surrogate){_at(where)}: {shown(key)}") from None
 
 
-def _check_scalar(item: Any, where: str) -> None:
-    """A non-container value: ints in range, well-formed links; floats and other types refused."""
+def _check_scalar(item: Any, where: str, root: Any) -> None:
+    """A non-container value: ints in range, well-formed links; floats and other types refused.
+    Messages name the field of ``root`` that holds it."""
     kind = type(item)
     if kind is int:
         if not -(1 << 63) <= item < (1 << 63):
-            raise InvalidRecord(f"integer out of the 64-bit signed range{_at(where)}: {item}")
-    elif kind is CID:
+            raise InvalidRecord(
+                f"integer out of the 64-bit signed range{_at(where)}: {_shown_at(root, item, str(item))}"
+            )
+    elif kind is CID or isinstance(item, cbrrr.CID):  # a plain cbrrr.CID is encoded as a CID
         if not is_well_formed_cid(item.cid_bytes):
-            raise InvalidRecord(f"link is not a valid CIDv1{_at(where)}: {item.cid_bytes[:8].hex()}")
+            text = f"link {item.cid_bytes[:8].hex()}"
+            raise InvalidRecord(f"link is not a valid CIDv1{_at(where)}: {_shown_at(root, item, text)}")
     elif kind is float:
-        raise InvalidRecord(f"floats are not allowed in atproto records{_at(where)}: {shown(item)}")
+        raise InvalidRecord(
+            f"floats are not allowed in atproto records{_at(where)}: {_shown_at(root, item, shown(item))}"
+        )
     elif not (item is None or kind is str or kind is bytes or kind is bool):
-        raise InvalidRecord(f"unsupported value type {kind.__name__}{_at(where)}")
+        text = f"a {kind.__name__}"
+        raise InvalidRecord(f"unsupported value type {kind.__name__}{_at(where)}: {_shown_at(root, item, text)}")
 
 
 def _check_typed_object(item: dict, where: str) -> None:
@@ -126,7 +172,7 @@ def _check_typed_object(item: dict, where: str) -> None:
     if type_name != "blob":
         return
     ref, mime, size = item.get("ref"), item.get("mimeType"), item.get("size")
-    if type(ref) is not CID:
+    if not isinstance(ref, cbrrr.CID):
         raise InvalidRecord(f"blob reference{at} lacks a CID 'ref'")
     if type(mime) is not str or not mime:
         raise InvalidRecord(f"blob reference{at} lacks a string 'mimeType'")

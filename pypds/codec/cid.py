@@ -1,9 +1,18 @@
 """Content identifiers.
 
-pypds uses :class:`cbrrr.CID` as its CID type (re-exported as ``pypds.CID``):
-it is what the DAG-CBOR codec produces and consumes, so no conversion happens
-on the hot paths. ``CID.decode("bafy...")`` parses the string form and
-``cid.encode()`` produces it.
+``pypds.CID`` is a subclass of :class:`cbrrr.CID`, the DAG-CBOR codec's CID
+class, whose ``str()`` is the canonical string form (``bafy...``), so a CID
+written into a URL, a file name or JSON with ``f"{cid}"`` is right; ``repr()``
+keeps ``CID(bafy...)``. Every CID pypds makes or decodes is one: the codec
+builds it directly (``cid_ctor=CID``, as cheap as cbrrr's own class) and
+encodes it (``cid_type=CID``), so no conversion happens on the hot paths.
+``CID.decode("bafy...")`` parses the string form and ``cid.encode()``
+produces it.
+
+Plain ``cbrrr.CID`` objects (from values decoded by cbrrr itself) compare
+and hash equal to ``CID``; :func:`parse_cid` and :func:`relink` turn them
+into ``CID``. cbrrr's encoder recognises one CID class at a time: to encode
+pypds values with cbrrr directly, pass ``cid_type=pypds.CID``.
 
 atproto repositories use exactly two CID forms, both CIDv1 with a 32-byte
 sha2-256 digest:
@@ -17,8 +26,9 @@ Anything else read from untrusted input is rejected with :class:`InvalidCid`.
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING, Any, Self
 
-from cbrrr import CID
+import cbrrr
 
 from ..errors import BlockHashMismatch, InvalidCid, shown
 
@@ -32,11 +42,41 @@ __all__ = [
     "check_cid_bytes",
     "verify_block",
     "is_dag_cbor",
+    "relink",
 ]
 
 DAG_CBOR_PREFIX = b"\x01\x71\x12\x20"
 RAW_PREFIX = b"\x01\x55\x12\x20"
 CID_LENGTH = 36
+
+
+class CID(cbrrr.CID):
+    """A CID whose ``str()`` (and ``format()``) is its canonical base32 string, as ``encode()`` returns.
+
+    A :class:`cbrrr.CID` otherwise: same constructor (binary CID bytes),
+    ``cid_bytes``, ``encode()``, ``CID.decode(text)``, ``repr()`` and
+    equality and hash by bytes (so a plain ``cbrrr.CID`` of the same bytes is
+    equal and finds the same dict entry).
+    """
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return self.encode()
+
+    def __format__(self, spec: str) -> str:
+        return format(self.encode(), spec)
+
+    if TYPE_CHECKING:  # cbrrr's own annotations name its base class; these build a CID at run time too
+
+        @classmethod
+        def decode(cls, data: bytes | str) -> Self: ...
+
+        @classmethod
+        def cidv1_dag_cbor_sha256_32_from(cls, data: bytes) -> Self: ...
+
+        @classmethod
+        def cidv1_raw_sha256_32_from(cls, data: bytes) -> Self: ...
 
 
 def cid_for_cbor(data: bytes) -> CID:
@@ -107,9 +147,10 @@ def check_cid_bytes(raw: bytes, where: str = "", *, allow_raw: bool = True) -> N
     )
 
 
-def parse_cid(value: str | bytes | CID, *, allow_raw: bool = True) -> CID:
-    """Parse a CID from its string form, binary form or a CID, and check its form."""
-    if isinstance(value, CID):
+def parse_cid(value: str | bytes | cbrrr.CID, *, allow_raw: bool = True) -> CID:
+    """Parse a CID from its string form, binary form or a CID (a plain ``cbrrr.CID`` becomes a
+    :class:`CID`), and check its form."""
+    if isinstance(value, cbrrr.CID):
         raw = value.cid_bytes
     elif isinstance(value, str):
         if not value.startswith("b") or value != value.strip():
@@ -125,7 +166,7 @@ def parse_cid(value: str | bytes | CID, *, allow_raw: bool = True) -> CID:
     else:
         raise InvalidCid(f"expected a CID, got {type(value).__name__}")
     check_cid_bytes(raw, allow_raw=allow_raw)
-    return value if isinstance(value, CID) else CID(raw)
+    return value if type(value) is CID else CID(raw)
 
 
 def verify_block(cid: CID, data: bytes, where: str = "") -> None:
@@ -133,3 +174,28 @@ def verify_block(cid: CID, data: bytes, where: str = "") -> None:
     if hashlib.sha256(data).digest() != cid.cid_bytes[4:]:
         at = f" at {where}" if where else ""
         raise BlockHashMismatch(f"block {cid.encode()}{at}: bytes do not hash to its CID")
+
+
+def relink(value: Any) -> Any:
+    """``value`` with every other ``cbrrr.CID`` in it (at any depth) replaced by a :class:`CID`.
+
+    For data decoded by cbrrr itself. Maps and lists are copied, each once (a
+    container shared by two places stays shared, a cycle does not loop);
+    other values are kept as they are. Iterative: deep input is safe.
+    """
+    copies: dict[int, Any] = {}
+    holder = [value]
+    stack: list[tuple[Any, Any]] = [(holder, 0)]
+    while stack:
+        parent, slot = stack.pop()
+        item = parent[slot]
+        kind = type(item)
+        if kind is dict or kind is list:
+            copy = copies.get(id(item))
+            if copy is None:
+                copy = copies[id(item)] = item.copy()
+                stack.extend((copy, key) for key in (copy if kind is dict else range(len(copy))))
+            parent[slot] = copy
+        elif kind is not CID and isinstance(item, cbrrr.CID):
+            parent[slot] = CID(item.cid_bytes)
+    return holder[0]

@@ -120,7 +120,7 @@ def encode_node(node: Node) -> bytes:
         entries.append({"k": key[shared:], "p": shared, "t": link_cid(links[i + 1]), "v": vals[i]})
         prev = key
     fields: dict[str, Any] = {"e": entries, "l": link_cid(links[0])}
-    return cbrrr.encode_dag_cbor(fields)
+    return cbrrr.encode_dag_cbor(fields, cid_type=CID)
 
 
 class _Malformed(Exception):
@@ -160,7 +160,7 @@ def decode_links(data: bytes, cid: CID) -> tuple[CID | None, list[tuple[CID, CID
     that links and values are CIDs. :func:`decode_node` checks everything.
     """
     try:
-        obj = cbrrr.decode_dag_cbor(data)
+        obj = cbrrr.decode_dag_cbor(data, cid_ctor=CID)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidCbor(f"MST node {cid.encode()}: invalid DAG-CBOR: {exc}") from None
     entries = obj.get("e") if type(obj) is dict else None
@@ -197,7 +197,7 @@ def decode_node(data: bytes, cid: CID | None = None, limits: Limits = DEFAULT_LI
 
 def _decode_fields(data: bytes, limits: Limits) -> tuple[tuple[bytes, ...], tuple[CID, ...], tuple[Link, ...]]:
     try:
-        obj = cbrrr.decode_dag_cbor(data)
+        obj = cbrrr.decode_dag_cbor(data, cid_ctor=CID)
     except (ValueError, TypeError, OverflowError) as exc:
         raise _Malformed(InvalidCbor, f"invalid DAG-CBOR: {exc}") from None
     if type(obj) is not dict or obj.keys() != {"e", "l"}:

@@ -60,7 +60,6 @@ import dns.asyncresolver
 import dns.exception
 import dns.nameserver
 import dns.resolver
-from multiformats import multibase
 from yarl import URL
 
 from ..errors import (
@@ -68,13 +67,14 @@ from ..errors import (
     InvalidDid,
     InvalidHandle,
     InvalidInput,
+    InvalidSigningKey,
     NetworkError,
     ResolveError,
     shown,
 )
-from ..keys import PublicKey, parse_did_key
+from ..keys import PublicKey, base58btc_decode, parse_did_key
 from ..syntax import check_did, check_handle, is_valid_did, is_valid_handle
-from .xrpc import AddressPolicy, json_object, new_session, read_capped, small_answer_timeout
+from .xrpc import AddressPolicy, failure_reason, json_object, new_session, read_capped, small_answer_timeout
 
 __all__ = [
     "DEFAULT_PLC_URL",
@@ -310,10 +310,10 @@ def _parse_method_key(did: str, entry: dict[str, Any]) -> PublicKey:
         raise ResolveError(f"{where}: publicKeyMultibase {shown(value)} is not a base58btc multibase string")
     try:
         if kind in _LEGACY_KEY_TYPES:
-            return _legacy_key(_LEGACY_KEY_TYPES[kind], multibase.decode(value))
+            return _legacy_key(_LEGACY_KEY_TYPES[kind], base58btc_decode(value[1:], "publicKeyMultibase"))
         if kind in _MULTIKEY_TYPES:
             return parse_did_key("did:key:" + value)
-    except Exception as exc:  # multibase raises assorted types; keys raise InvalidSigningKey
+    except InvalidSigningKey as exc:
         raise ResolveError(f"{where}: bad public key {shown(value)}: {exc}") from None
     raise ResolveError(f"{where}: unsupported key type {shown(kind)}")
 
@@ -487,7 +487,7 @@ class _Resolver:
         except TimeoutError:
             raise ResolveError(f"fetching {url} timed out after {self.config.timeout} s") from None
         except aiohttp.ClientError as exc:
-            raise ResolveError(f"fetching {url} failed: {exc or type(exc).__name__}") from None
+            raise ResolveError(f"fetching {url} failed: {failure_reason(exc)}") from None
 
     async def _get_once(self, url: str, headers: dict[str, str]) -> tuple[int, bytes, str | None]:
         """One GET: (status, body if 200, the redirect target if it is a redirect)."""

@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -459,10 +460,19 @@ def _final_error(exc: BaseException, what: str, attempts: int) -> NetworkError:
         return RemoteError(f"{exc} ({tries})", status=exc.status, error=exc.error, url=exc.url, detail=exc.detail)
     if isinstance(exc, TransferTooSlow):
         return TransferTooSlow(f"{what} failed {tries}: {exc}")
-    reason = str(exc) or type(exc).__name__
+    return NetworkError(f"{what} failed {tries}: {failure_reason(exc)}")
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What a transport failure was, in words: a timeout, or the host and the system's reason
+    for a failed connection (aiohttp's own text says ``ssl:default`` even for plain HTTP)."""
     if isinstance(exc, TimeoutError):
-        reason = "timed out"
-    return NetworkError(f"{what} failed {tries}: {reason}")
+        return "timed out"
+    if isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(exc, aiohttp.ClientSSLError):
+        error = exc.os_error
+        why = os.strerror(error.errno) if isinstance(error.errno, int) and error.errno > 0 else error.strerror
+        return f"cannot connect to {exc.host}:{exc.port}: {why or error}"
+    return str(exc) or type(exc).__name__
 
 
 class XrpcClient:

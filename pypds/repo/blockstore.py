@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+import cbrrr
+
 from ..codec import cbor
 from ..codec.cid import CID, cid_for_cbor, parse_cid, verify_block
 from ..storage.store import SqliteError, storage_error
@@ -52,14 +54,14 @@ class BlockStore:
     def _where(self) -> str:
         return f"{self._state.path} (the store is damaged)"
 
-    def has(self, cid: CID | str) -> bool:
+    def has(self, cid: cbrrr.CID | str) -> bool:
         """True if the block is stored."""
         cid = parse_cid(cid)
         with self._store() as store:
             return store.has_block(cid)
 
     def __contains__(self, cid: object) -> bool:
-        return isinstance(cid, (CID, str)) and self.has(cid)
+        return isinstance(cid, (cbrrr.CID, str)) and self.has(cid)
 
     def put(self, data: bytes, cid: CID | str | None = None) -> CID:
         """Store a DAG-CBOR block; when ``cid`` is given the bytes must hash to it."""

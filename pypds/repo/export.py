@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import mimetypes
 import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -282,4 +281,8 @@ def export_blobs(
 
 def _extension(mime: str | None) -> str:
     """The usual file name extension of a MIME type (``.jpg`` for ``image/jpeg``), or none."""
-    return (mimetypes.guess_extension(mime.split(";", 1)[0].strip(), strict=False) or "") if mime else ""
+    if not mime:
+        return ""
+    import mimetypes  # only here: importing it at start costs every command
+
+    return mimetypes.guess_extension(mime.split(";", 1)[0].strip(), strict=False) or ""

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from itertools import zip_longest
 
 from ..codec.cid import CID
-from ..errors import IntegrityError, PypdsError
+from ..errors import IntegrityError, PypdsError, counted
 from ..keys import PublicKey, SigningKey
 from ..mst import iter_range
 from ..storage.blobs import BlobStore
@@ -49,7 +49,7 @@ def check_index(report: VerifyReport, index: Iterable[tuple[bytes, CID]], tree: 
             report.add("index", Outcome.FAILED, f"the paths index {_index_difference(row, leaf)}")
             return
         count += 1
-    report.add("index", Outcome.PASSED, f"{count} paths")
+    report.add("index", Outcome.PASSED, counted(count, "path"))
 
 
 def _index_difference(row: tuple[bytes, CID] | None, leaf: tuple[bytes, CID] | None) -> str:
@@ -85,4 +85,4 @@ def check_blob_files(report: VerifyReport, blobs: BlobStore) -> None:
         except PypdsError as exc:
             report.add("blob-files", Outcome.FAILED, f"{type(exc).__name__}: blob file {path}: {exc}")
             return
-    report.add("blob-files", Outcome.PASSED, f"{count} blobs")
+    report.add("blob-files", Outcome.PASSED, counted(count, "blob"))

@@ -50,6 +50,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import cbrrr
+
 from ..codec.cid import CID, RAW_PREFIX, cid_for_raw
 from ..errors import BlockHashMismatch, IntegrityError, InvalidCid, InvalidInput, LimitExceeded
 from ..filesystem import (
@@ -161,8 +163,12 @@ def blob_mime_types(value: object) -> dict[bytes, str]:
 
 
 def _blob_ref_of(item: dict) -> CID | None:
-    if item.get("$type") == "blob" and type(item.get("ref")) is CID:
-        return item["ref"]
+    if item.get("$type") == "blob":
+        ref = item.get("ref")
+        if type(ref) is CID:
+            return ref
+        if isinstance(ref, cbrrr.CID):  # a record decoded by cbrrr itself
+            return CID(ref.cid_bytes)
     if item.keys() == {"cid", "mimeType"} and type(item["cid"]) is str:
         try:
             return CID.decode(item["cid"])

@@ -18,7 +18,7 @@ from typing import TypedDict
 
 from ..car.reader import CarReader
 from ..codec.atjson import from_json
-from ..codec.cid import CID
+from ..codec.cid import CID, relink
 from ..commit import Commit, decode_commit
 from ..errors import InvalidCommitMessage, MissingBlock, RecordNotFound, shown
 from ..keys import PublicKey, SigningKey, load_public_key
@@ -163,7 +163,7 @@ def _normalise(message: dict) -> dict:
         # atproto JSON form; only the fields we use need converting
         fields = {k: message[k] for k in ("repo", "rev", "commit", "blocks", "ops", "prevData") if k in message}
         return from_json(fields)
-    return message
+    return relink(message)  # CIDs decoded by cbrrr itself become pypds CIDs
 
 
 def _read_car(car: bytes, commit_cid: CID, limits: Limits) -> dict[bytes, bytes]:

@@ -31,6 +31,7 @@ from ..errors import (
     LimitExceeded,
     MissingBlock,
     PypdsError,
+    counted,
     shown,
 )
 from ..keys import PublicKey, SigningKey, load_public_key
@@ -175,7 +176,7 @@ def verify_car(
         return _read_failure(car.read_error, order)
     report = VerifyReport(blocks=car.blocks)
     report.add("car-framing", Outcome.PASSED, f"root {car.root.encode()}")
-    report.add("block-hashes", Outcome.PASSED, f"{car.blocks} blocks" if tree.ok else "every block read so far")
+    report.add("block-hashes", Outcome.PASSED, counted(car.blocks, "block") if tree.ok else "every block read so far")
     report.add("cid-form", Outcome.PASSED)
     report.checks.extend(tree.checks)
     report.commit, report.did, report.rev, report.version = tree.commit, tree.did, tree.rev, tree.version
@@ -306,10 +307,11 @@ def _check_tree(
     report.nodes, report.records = stats.nodes, stats.records
     if "block-hashes" in checks:
         report.add("block-hashes", Outcome.PASSED, "every block re-hashed on read")
-    report.add("mst", Outcome.PASSED, f"{stats.nodes} nodes, root layer {stats.height}")
-    report.add("completeness", Outcome.PASSED, f"{stats.nodes} nodes, {len(seen_records)} record blocks")
-    report.add("repo-paths", Outcome.PASSED, f"{stats.records} keys")
-    report.add("records", Outcome.PASSED, f"{len(seen_records)} records")
+    nodes = counted(stats.nodes, "node")
+    report.add("mst", Outcome.PASSED, f"{nodes}, root layer {stats.height}")
+    report.add("completeness", Outcome.PASSED, f"{nodes}, {counted(len(seen_records), 'record block')}")
+    report.add("repo-paths", Outcome.PASSED, counted(stats.records, "key"))
+    report.add("records", Outcome.PASSED, counted(len(seen_records), "record"))
 
 
 def _partial(exc: PypdsError) -> PypdsError:
