@@ -100,7 +100,8 @@ def car(world) -> Path:
 
 
 def _command_paths(group: click.Group, prefix: tuple[str, ...] = ()):
-    for name, command in group.commands.items():
+    for name in group.list_commands(click.Context(group)):
+        command = group.get_command(click.Context(group), name)
         yield (*prefix, name)
         if isinstance(command, click.Group):
             yield from _command_paths(command, (*prefix, name))
@@ -722,3 +723,13 @@ def test_the_database_file_instead_of_the_repository_directory_says_what_to_pass
     args = [POST, "k"] if command == "get" else []
     err = assert_error(capsys, 2, command, tmp_path / "alice" / "pds.db", *args)
     assert "pass the repository directory" in err and str(tmp_path / "alice") in err
+
+
+def test_the_lazy_command_table_names_exactly_the_commands_each_module_defines():
+    import importlib
+
+    from pypds.cli.app import COMMAND_MODULES
+
+    for module in set(COMMAND_MODULES.values()):
+        defined = {command.name for command in importlib.import_module(f"pypds.cli.{module}").COMMANDS}
+        assert defined == {name for name, where in COMMAND_MODULES.items() if where == module}, module

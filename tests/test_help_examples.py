@@ -54,7 +54,8 @@ def all_commands() -> Iterator[tuple[str, click.Command]]:
         name, command = stack.pop(0)
         yield name, command
         if isinstance(command, click.Group):
-            stack += [(f"{name} {sub}", command.commands[sub]) for sub in sorted(command.commands)]
+            ctx = click.Context(command)
+            stack += [(f"{name} {sub}", command.get_command(ctx, sub)) for sub in command.list_commands(ctx)]
 
 
 def examples(name: str, command: click.Command) -> list[Command]:
@@ -123,9 +124,10 @@ def parse_only(line: str) -> None:
     args = shlex.split(line.replace("\\\n", " "))[1:]
     command: click.Command = cli
     while isinstance(command, click.Group):
-        if not args or args[0] not in command.commands:
+        found = command.get_command(click.Context(command), args[0]) if args else None
+        if found is None:
             raise click.UsageError(f"no such command in {line!r}")
-        command, args = command.commands[args[0]], args[1:]
+        command, args = found, args[1:]
     command.make_context(command.name or "", args)
 
 

@@ -9,9 +9,10 @@ verification into a temporary repository, so both take the same code path.
 Exit status: 0 success, 1 a check failed (corrupt data, bad signature,
 failed verification), 2 usage or input error, 3 network failure.
 
-Layout: ``app`` (the group, ``main`` and error mapping), ``_read`` (commands
-that take SRC), ``_write`` (commands on a repository directory), ``_common``
-(parameter types, sources, progress bars, output helpers).
+Layout: ``app`` (the group, ``main``, error mapping and which module holds
+each command), one module per noun (``repository``, ``records``, ``car``,
+``refs``, ``blobs``, ``net``), ``common`` (parameter types, sources,
+progress bars, output helpers).
 """
 
 from .app import cli, main

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import warnings
@@ -11,20 +12,40 @@ import click
 
 from ..errors import IntegrityError, NetworkError, PypdsError
 from ..version import __version__
-from .blobs import BLOB_COMMANDS
-from .car import CAR_COMMANDS
-from .net import NET_COMMANDS
-from .records import RECORD_COMMANDS
-from .refs import REF_COMMANDS
-from .repository import REPOSITORY_COMMANDS
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_NETWORK = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130
 
 _NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", None)  # click >= 8.2
 
+#: Each command and the module (``pypds/cli/<noun>.py``) that defines it in its ``COMMANDS``; a
+#: module is imported only when one of its commands runs (``pypds --version`` imports none).
+COMMAND_MODULES = {
+    **dict.fromkeys(["init", "inspect", "verify", "mst", "diff", "gc"], "repository"),
+    **dict.fromkeys(["ls", "get", "collections", "dump", "unpack", "put", "rm", "load"], "records"),
+    **dict.fromkeys(["import", "export", "compact"], "car"),
+    **dict.fromkeys(["head", "revert", "ref"], "refs"),
+    **dict.fromkeys(["blob"], "blobs"),
+    **dict.fromkeys(["serve", "resolve", "download", "push"], "net"),
+}
+
+
+class _LazyGroup(click.Group):
+    """A group whose commands are imported from their module on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if module is None:
+            return None
+        commands = importlib.import_module(f"{__package__}.{module}").COMMANDS
+        return next(command for command in commands if command.name == cmd_name)
+
 
 @click.group(
+    cls=_LazyGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     no_args_is_help=True,
 )
@@ -46,10 +67,6 @@ def cli() -> None:
       pypds export ./alice -o alice.car
       pypds verify alice.car
     """
-
-
-for _command in (*REPOSITORY_COMMANDS, *RECORD_COMMANDS, *CAR_COMMANDS, *REF_COMMANDS, *BLOB_COMMANDS, *NET_COMMANDS):
-    cli.add_command(_command)
 
 
 def _one_line(text: str) -> str:

@@ -153,4 +153,5 @@ def blob_export_cmd(path: str, directory: str, as_json: bool, quiet: bool) -> No
         echo(f"exported {len(written)} blob{'' if len(written) == 1 else 's'} to {directory}")
 
 
-BLOB_COMMANDS = [blob_group]
+#: The commands this module defines (see pypds.cli.app.COMMAND_MODULES).
+COMMANDS = [blob_group]

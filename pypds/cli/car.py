@@ -172,4 +172,5 @@ def compact_cmd(src: str, out: str, as_json: bool, quiet: bool) -> None:
         echo(f"wrote {out}: {counted(blocks, 'block')}, {human_size(writer.count)}{before} (commit {head.encode()})")
 
 
-CAR_COMMANDS = [import_cmd, export_cmd, compact_cmd]
+#: The commands this module defines (see pypds.cli.app.COMMAND_MODULES).
+COMMANDS = [import_cmd, export_cmd, compact_cmd]

@@ -588,4 +588,5 @@ def _print_push_report(report: PushReport) -> None:
         echo(f"pds head {report.pds_head.encode()} ({same})")
 
 
-NET_COMMANDS = [serve_cmd, resolve_cmd, download_cmd, push_cmd]
+#: The commands this module defines (see pypds.cli.app.COMMAND_MODULES).
+COMMANDS = [serve_cmd, resolve_cmd, download_cmd, push_cmd]

@@ -355,4 +355,5 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-RECORD_COMMANDS = [ls_cmd, get_cmd, collections_cmd, dump_cmd, unpack_cmd, put_cmd, rm_cmd, load_cmd]
+#: The commands this module defines (see pypds.cli.app.COMMAND_MODULES).
+COMMANDS = [ls_cmd, get_cmd, collections_cmd, dump_cmd, unpack_cmd, put_cmd, rm_cmd, load_cmd]

@@ -147,4 +147,5 @@ def revert_cmd(path: str, target: str, signer: Signer, as_json: bool) -> None:
         echo(f"new commit {head.encode()}  rev {rev}")
 
 
-REF_COMMANDS = [head_cmd, revert_cmd, ref_group]
+#: The commands this module defines (see pypds.cli.app.COMMAND_MODULES).
+COMMANDS = [head_cmd, revert_cmd, ref_group]

@@ -546,4 +546,5 @@ def gc_cmd(path: str, dry_run: bool, no_vacuum: bool, as_json: bool) -> None:
     )
 
 
-REPOSITORY_COMMANDS = [init_cmd, inspect_cmd, verify_cmd, mst_cmd, diff_cmd, gc_cmd]
+#: The commands this module defines (see pypds.cli.app.COMMAND_MODULES).
+COMMANDS = [init_cmd, inspect_cmd, verify_cmd, mst_cmd, diff_cmd, gc_cmd]

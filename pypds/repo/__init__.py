@@ -3,6 +3,7 @@ owning one concept (see ``docs/architecture.md``)."""
 
 from .batch import Batch
 from .blockstore import BlockStore
-from .repo import GcReport, Repo
+from .gc import GcReport
+from .repo import Repo
 
 __all__ = ["Batch", "BlockStore", "GcReport", "Repo"]

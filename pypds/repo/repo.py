@@ -12,6 +12,8 @@ and each method delegates to the module that owns the concept (writer,
 reads, history, importer, export, referenced_blobs, gc, integrity). The
 facade adds the handle's rules: calls are serialised by the handle's lock,
 refused once it is closed, and SQLite failures become typed errors.
+Modules a read of one record does not need are imported inside the methods
+that use them, so a short-lived process (``pypds get``) loads little.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from ..car.reader import CarSource
 from ..car.writer import Writable
@@ -36,17 +38,19 @@ from ..mst import MST
 from ..operation import RecordChange
 from ..storage.blobs import BlobRef
 from ..storage.store import SqliteError, storage_error
-from ..sync.firehose import CommitEvent
-from ..sync.verify import VerifyReport
-from . import export, gc, history, importer, integrity, lifecycle, load, reads, referenced_blobs, writer
+from . import lifecycle, reads, writer
 from .batch import Batch
 from .blockstore import BlockStore
-from .gc import GcReport
-from .history import Revert
-from .load import LoadReport
 from .state import RepoState
 
-__all__ = ["Batch", "BlockStore", "GcReport", "LoadReport", "Repo", "Revert"]
+if TYPE_CHECKING:
+    from ..sync.firehose import CommitEvent
+    from ..sync.verify import VerifyReport
+    from .gc import GcReport
+    from .history import Revert
+    from .load import LoadReport
+
+__all__ = ["Batch", "BlockStore", "Repo"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 KeyInput = PublicKey | SigningKey | str | None
@@ -235,6 +239,8 @@ class Repo:
         History then goes back: copies of this repository refuse to follow
         (their HEAD is newer). To go back so that copies follow, use :meth:`revert`.
         """
+        from . import history
+
         history.set_head(self._state, cid)
 
     @_public
@@ -251,6 +257,8 @@ class Repo:
         ``commit`` is None. :class:`~pypds.errors.HeadMoved` if other writers
         keep moving HEAD meanwhile.
         """
+        from . import history
+
         return history.revert(self._state, target)
 
     @_public
@@ -372,6 +380,8 @@ class Repo:
         saying how far it got). ``name`` labels the input in messages;
         ``progress(stage, done, total)`` hears "checking" and "writing".
         """
+        from . import load
+
         return load.load(self._state, source, batch_size=batch_size, name=name, progress=progress)
 
     @_public
@@ -381,6 +391,8 @@ class Repo:
         Each side is a commit CID or the name of a ref. Only subtrees that
         differ are visited.
         """
+        from . import history
+
         return history.diff(self._state, old, new)
 
     # -- blobs -----------------------------------------------------------------
@@ -418,6 +430,8 @@ class Repo:
         replaced. A damaged blob raises :class:`BlockHashMismatch` (the files
         before it are written). ``progress(done, total)`` after each file.
         """
+        from . import export
+
         return export.export_blobs(self._state, dest, progress)
 
     def list_blobs(
@@ -442,10 +456,14 @@ class Repo:
         blob referenced. The handle's lock is not held while records are
         read, so other calls go on meanwhile.
         """
+        from . import referenced_blobs
+
         return referenced_blobs.list_blobs(self._state, since=since, cursor=cursor, limit=limit, stored=stored)
 
     def blob_referenced(self, cid: CID | str) -> bool:
         """Whether a record at HEAD references blob ``cid`` (stored here or not): what the server serves."""
+        from . import referenced_blobs
+
         return referenced_blobs.blob_referenced(self._state, cid)
 
     @_public
@@ -463,6 +481,8 @@ class Repo:
     @_public
     def missing_blobs(self) -> builtins.list[CID]:
         """Blobs referenced by records at HEAD but not stored, in key order of first use."""
+        from . import referenced_blobs
+
         return referenced_blobs.missing_blobs(self._state)
 
     @_public
@@ -483,6 +503,8 @@ class Repo:
         while it runs) and the file shrinks. The report gives the sizes
         before and after. ``dry_run=True`` only reports what would go.
         """
+        from . import gc
+
         return gc.gc(self._state, blob_grace, dry_run=dry_run, vacuum=vacuum)
 
     # -- sync: events, proofs ----------------------------------------------------
@@ -499,6 +521,8 @@ class Repo:
         commits made or received (``apply_car``) here; the first commit of a
         history is described against the empty tree.
         """
+        from . import export
+
         return export.commit_event(self._state, commit)
 
     @_public
@@ -508,6 +532,8 @@ class Repo:
         the nodes showing where it would be (exclusion). Check with
         :func:`pypds.verify_proof`.
         """
+        from . import export
+
         return export.prove(self._state, collection, rkey, commit)
 
     # -- refs ------------------------------------------------------------------
@@ -515,21 +541,29 @@ class Repo:
     @_public
     def ref(self, name: str) -> CID | None:
         """The commit CID a named ref points to, or None."""
+        from . import history
+
         return history.ref(self._state, name)
 
     @_public
     def set_ref(self, name: str, cid: CID | str) -> None:
         """Point a named ref at a stored commit of this repository (tree complete)."""
+        from . import history
+
         history.set_ref(self._state, name, cid)
 
     @_public
     def delete_ref(self, name: str) -> None:
         """Remove a named ref; RefNotFound if it does not exist."""
+        from . import history
+
         history.delete_ref(self._state, name)
 
     @_public
     def list_refs(self) -> builtins.list[tuple[str, CID]]:
         """All named refs as ``(name, commit CID)``, sorted by name."""
+        from . import history
+
         return history.list_refs(self._state)
 
     # -- verification ----------------------------------------------------------
@@ -543,6 +577,8 @@ class Repo:
         whole MST, completeness, repo paths, every record, the paths index
         and every blob file. Returns a report; never raises for bad data.
         """
+        from . import integrity
+
         return integrity.verify(self._state, key, did)
 
     # -- CAR import and export -------------------------------------------------
@@ -564,6 +600,8 @@ class Repo:
         than HEAD raises :class:`RollbackRefused` instead, checked inside the
         transaction so that a concurrent update cannot slip in between.
         """
+        from . import importer
+
         return importer.import_car(self._state, source, key, require_newer=require_newer)
 
     @_public
@@ -577,6 +615,8 @@ class Repo:
         HEAD commits; on failure nothing changes. Returns the number of
         blocks written.
         """
+        from . import importer
+
         return importer.apply_car(self._state, source, key)
 
     @_public
@@ -597,6 +637,8 @@ class Repo:
         returned as bytes; a path is written atomically; a binary file
         object is streamed to. Nothing is built in memory for a destination.
         """
+        from . import export
+
         return export.export_car(self._state, dest, commit, since)
 
     @_public
@@ -610,4 +652,6 @@ class Repo:
         chunk is then read under the handle's lock, so the iterator may be
         consumed from another thread while the handle stays usable.
         """
+        from . import export
+
         return export.iter_car(self._state, commit, since, chunk_size)
