@@ -26,6 +26,7 @@ key or byte offset at fault.
     │   ├── DidMismatch         commit belongs to another repository
     │   ├── RollbackRefused     a commit not newer than HEAD would move a copy back
     │   ├── InvalidCommitMessage  a firehose #commit does not check out
+    │   ├── InvalidFrame          an event-stream frame is oversized or malformed
     │   └── StoreDamaged        pds.db lacks a table or holds a value of the wrong type
     ├── NotFound
     │   ├── RecordNotFound
@@ -202,6 +203,10 @@ def _cid_text(cid: object) -> str:
 
 class InvalidCommitMessage(IntegrityError):
     """A firehose ``#commit`` message is inconsistent with its own blocks."""
+
+
+class InvalidFrame(IntegrityError):
+    """An event-stream frame (``subscribeRepos``) is oversized, not canonical DAG-CBOR, or not header + body."""
 
 
 class StoreDamaged(IntegrityError):
