@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
+import signal
 import socket
 import stat
 import subprocess
@@ -408,3 +409,26 @@ def test_a_waiting_subscriber_outlives_the_idle_timeout(alice, tmp_path):
         repo.put(POST, "late", post(1))
         (frame,) = sub.take(1)
         assert_commit(frame, repo)
+
+
+def test_pypds_serve_streams_with_its_event_log_and_stops_in_time_with_subscribers(alice, tmp_path):
+    log_path = tmp_path / "cli-events.db"
+    command = [sys.executable, "-m", "pypds.cli", "serve", str(alice), "--port", "0"]
+    command += ["--event-log", str(log_path), "--backlog", "5"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stderr.readline()
+        url = line.split(" at ", 1)[1].split()[0]
+        with Subscription(url, cursor=0) as sub, Repo.open(alice) as repo:
+            assert [frame.type for frame in sub.take(2)] == ["#identity", "#account"]
+            repo.put(POST, "a", post(1))
+            assert_commit(sub.take(1)[0], repo)
+            assert stat.S_IMODE(log_path.stat().st_mode) == 0o600
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=10) == 0
+            assert time.monotonic() - started < SHUTDOWN_TIMEOUT
+            assert sub.rest() == []
+    finally:
+        process.kill()
+        process.stderr.close()
