@@ -374,13 +374,18 @@ def test_subscribers_do_not_delay_stopping(alice, tmp_path):
     server.start()
     subs = [Subscription(server.url) for _ in range(3)]
     try:
-        with silent_subscriber(server.url):
+        with silent_subscriber(server.url), Repo.open(alice) as repo:
+            big = {**post(0), "text": "x" * 5000}
+            for i in range(10):  # frames the silent one does not read wait in its queue and socket
+                with repo.batch() as batch:
+                    for j in range(20):
+                        batch.put(POST, f"r{i}-{j}", big)
+            subs[0].take(10)
             started = time.monotonic()
             server.stop()
             assert time.monotonic() - started < SHUTDOWN_TIMEOUT
-        for sub in subs:
-            assert sub.rest() == []
-            assert sub.close_code == 1001
+        assert [len(sub.rest()) for sub in subs] == [0, 10, 10]
+        assert [sub.close_code for sub in subs] == [1001] * 3
     finally:
         for sub in subs:
             sub.close()
@@ -432,3 +437,31 @@ def test_pypds_serve_streams_with_its_event_log_and_stops_in_time_with_subscribe
     finally:
         process.kill()
         process.stderr.close()
+
+
+def test_two_servers_sharing_a_log_announce_each_change_once(alice, tmp_path):
+    with (
+        serve([alice], tmp_path) as one,
+        serve([alice], tmp_path) as two,
+        Subscription(one.url) as sub_one,
+        Subscription(two.url) as sub_two,
+        Repo.open(alice) as repo,
+    ):
+        for i in range(5):
+            repo.put(POST, f"p{i}", post(i))
+        frames = sub_one.take(5)
+        assert seqs(frames) == seqs(sub_two.take(5)) == list(range(3, 8))
+        assert sub_one.quiet() and sub_two.quiet()
+
+
+def test_commit_chain_follows_the_history(alice):
+    with Repo.open(alice) as repo:
+        start = repo.head
+        made = [repo.put(POST, f"p{i}", post(i)) and repo.head for i in range(3)]
+        assert repo.commit_chain(start) == made
+        assert repo.commit_chain(made[0], made[2]) == made[1:]
+        assert repo.commit_chain(made[2]) == []
+        assert repo.commit_chain(made[2], made[0]) is None  # backwards
+        assert repo.commit_chain(start, limit=2) is None
+        with pytest.raises(InvalidInput):
+            repo.commit_chain(start, limit=0)

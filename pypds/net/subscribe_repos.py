@@ -117,6 +117,12 @@ class Subscriber:
         self.peak_bytes = 0  # the most ever queued (what the bound holds)
         self.too_slow = False
         self.wake = asyncio.Event()
+        self.sender: asyncio.Future | None = None  # the task sending to it: cancelled to cut it off
+
+    def cut(self) -> None:
+        """Stop sending to this subscriber now, even in the middle of a send it is not reading."""
+        if self.sender is not None:
+            self.sender.cancel()
 
     def offer(self, seq: int, frame: bytes) -> None:
         """Queue a frame; past the bound the queue is dropped and the subscriber marked too slow."""
@@ -126,6 +132,7 @@ class Subscriber:
             self.too_slow = True
             self.queue.clear()
             self.queued_bytes = 0
+            self.cut()
         else:
             self.queue.append((seq, frame))
             self.queued_bytes += len(frame)
@@ -179,7 +186,7 @@ class RepoEventStream:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._watcher
         for subscriber in self.subscribers:
-            subscriber.wake.set()
+            subscriber.cut()
         if self._handlers:
             await asyncio.wait(list(self._handlers), timeout=CLOSE_WAIT * 2 + 0.05)
 
@@ -274,7 +281,9 @@ class RepoEventStream:
     async def _serve(
         self, ws: web.WebSocketResponse, subscriber: Subscriber, cursor: int | None, position: int
     ) -> None:
-        sender = asyncio.ensure_future(self._send(ws, subscriber, cursor, position))
+        sender = subscriber.sender = asyncio.ensure_future(self._send(ws, subscriber, cursor, position))
+        if self._stopping:
+            sender.cancel()
         receiver = asyncio.ensure_future(_ignore_incoming(ws))
         try:
             await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
