@@ -752,6 +752,9 @@ async def _serve(
     try:
         server = await start_server(app, host, port, header_timeout=timeouts.header, idle_timeout=timeouts.idle)
     except BaseException:
+        stream = app.get(EVENT_STREAM)
+        if stream is not None:
+            stream.close_now()
         await app[SERVICE].close()
         raise
     stop = asyncio.Event()

@@ -46,6 +46,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from ..car.writer import CarWriter
+from ..codec.cid import CID
 from ..errors import InvalidInput, PypdsError, shown
 from ..repo.repo import Repo
 from ..sync.event_stream import encode_error_frame, encode_frame
@@ -345,10 +346,8 @@ def _first_seen(did: str) -> list[tuple[str, dict[str, Any]]]:
     return [("#identity", {"did": did, "time": time}), ("#account", {"did": did, "time": time, "active": True})]
 
 
-def _changes(repo: Repo, previous: bytes, head: Any) -> list[tuple[str, dict[str, Any]]]:
+def _changes(repo: Repo, previous: bytes, head: CID) -> list[tuple[str, dict[str, Any]]]:
     """One ``#commit`` per commit from ``previous`` to ``head``, or one ``#sync`` when that cannot be."""
-    from ..codec.cid import CID
-
     try:
         chain = repo.commit_chain(CID(previous), head, limit=MAX_CHAIN)
         if chain is not None:
@@ -358,7 +357,7 @@ def _changes(repo: Repo, previous: bytes, head: Any) -> list[tuple[str, dict[str
     return [("#sync", _sync_body(repo, head))]
 
 
-def _sync_body(repo: Repo, head: Any) -> dict[str, Any]:
+def _sync_body(repo: Repo, head: CID) -> dict[str, Any]:
     """A ``#sync`` body: a CAR of just the signed commit block, rooted at it."""
     block = repo.blockstore.get(head)
     buffer = io.BytesIO()
