@@ -208,3 +208,15 @@ def test_a_record_missing_from_the_car_is_still_a_partial_tree(shared, tmp_path)
     with pytest.raises(PartialTree, match=shared_cid.encode()):
         Repo.from_car(tmp_path / "copy", path)
     assert not (tmp_path / "copy").exists()
+
+
+def test_a_full_car_lacking_a_record_the_store_holds_is_still_partial(shared, tmp_path):
+    """Over older blocks, a full import must still carry every record itself."""
+    head, car, blocks, records = shared
+    shared_cid = records[3][1]
+    lacking = _write(tmp_path / "lacking.car", head, [b for b in blocks if b[0] != shared_cid])
+    with Repo.from_car(tmp_path / "copy", car) as copy:
+        before = copy.head
+        with pytest.raises(PartialTree, match=shared_cid.encode()):
+            copy.import_car(lacking)
+        assert copy.head == before

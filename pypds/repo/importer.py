@@ -94,7 +94,11 @@ def import_streamed(
     def stored(cid: CID) -> bool:  # a record met again under another key: written already?
         return cid.cid_bytes in waiting or store.has_block(cid)
 
-    for cid, data, path in streamed.tree_blocks(commit, held, stored=stored):
+    # The store answers "written already" exactly when it held no block before (a new repository) or
+    # when the CAR is a diff completed from it anyway; a full CAR imported over older blocks must
+    # carry every record itself, so there the walk remembers the records it yielded.
+    exact = held is not None or not store.has_blocks()
+    for cid, data, path in streamed.tree_blocks(commit, held, stored=stored if exact else None):
         if data is not None:
             blocks.append((cid, data))
             waiting.add(cid.cid_bytes)

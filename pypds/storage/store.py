@@ -423,6 +423,10 @@ class Store:
         rev = self._scalar("SELECT rev FROM blocks WHERE cid = ?", (cid.cid_bytes,))
         return rev if type(rev) is str else None
 
+    def has_blocks(self) -> bool:
+        """Whether any block is stored."""
+        return self.conn.execute("SELECT 1 FROM blocks LIMIT 1").fetchone() is not None
+
     def has_block(self, cid: CID) -> bool:
         return self.conn.execute("SELECT 1 FROM blocks WHERE cid = ?", (cid.cid_bytes,)).fetchone() is not None
 
