@@ -36,7 +36,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from pypds import Identity, Mirror, Repo, generate_signing_key, verify_commit_message
+from pypds import Identity, Mirror, Repo, ResolverConfig, generate_signing_key, verify_commit_message
 from pypds.net.archive import shard_of
 from pypds.net.server import make_app, start_server
 from pypds.sync.event_stream import decode_frame, encode_frame
@@ -194,7 +194,7 @@ def bench_backfill(stream: Stream, path: Path) -> tuple[float, int]:
         async def lookup(did: str) -> Identity:
             return Identity(did, None, server.url, stream.keys[did], {})
 
-        with Mirror(path, identity=lookup) as mirror:
+        with Mirror(path, identity=lookup, config=ResolverConfig(allow_private_network=True)) as mirror:
             started = time.perf_counter()
             report = mirror.backfill(server.url, follow=False, concurrency=4)
             seconds = time.perf_counter() - started

@@ -28,7 +28,7 @@ from ..car.stream import StreamedCar, check_record
 from ..codec.cid import CID
 from ..commit import rev_is_newer, rev_key
 from ..errors import CommitGap, DidMismatch, MissingBlock, RollbackRefused
-from ..mst.node import Node
+from ..mst.node import Node, key_height
 from ..mst.nodestore import NodeStore
 from ..sync.firehose import VerifiedCommit
 from .importer import import_streamed
@@ -63,22 +63,28 @@ def apply_commit(state: RepoState, verified: VerifiedCommit, since: str | None, 
                     f"commit {cid.encode()} builds on MST root {verified.prev_data.encode()}, the copy of "
                     f"{state.did} holds {state.root.cid.encode()}"
                 )
-            _write_new_tree(state, verified)
+            root = _write_new_tree(state, verified)
         elif car is not None:
+            root = None
             with StreamedCar(car, state.limits) as streamed:
                 import_streamed(state, streamed, commit, None, held=store.get_block, prev=state.head)
         else:
             raise CommitGap(f"commit {cid.encode()} could not be inverted and no CAR was given to check it whole")
-    state.refresh(force=True)
+    if root is None:
+        state.refresh(force=True)
+    else:  # HEAD is what was just written (its root decoded from stored bytes): no need to read it back
+        state.adopt(cid, rev_key(commit.rev), root, key_height(root.keys[0]) if root.keys else 0)
     return APPLIED
 
 
-def _write_new_tree(state: RepoState, verified: VerifiedCommit) -> None:
-    """Write the commit, its new MST nodes and records, the index changes, and move HEAD."""
+def _write_new_tree(state: RepoState, verified: VerifiedCommit) -> Node | None:
+    """Write the commit, its new MST nodes and records, the index changes, and move HEAD; the new root
+    node (None if the CAR does not carry it)."""
     store = state.store
     blocks, cid, rev = verified.blocks, verified.commit_cid, rev_key(verified.commit.rev)
     rows = [(cid.cid_bytes, rev, blocks[cid.cid_bytes])]
-    rows.extend((node.cid.cid_bytes, rev, node.data) for node in _carried_nodes(state, verified))
+    carried = _carried_nodes(state, verified)
+    rows.extend((node.cid.cid_bytes, rev, node.data) for node in carried)
     changes: list[tuple[bytes, bytes | None]] = []
     for change in verified.changes:
         path = change.path.encode()
@@ -98,12 +104,13 @@ def _write_new_tree(state: RepoState, verified: VerifiedCommit) -> None:
     update_index(state, cid, verified.data, changes)
     store.set_head(cid, rev)
     store.record_commit(cid, rev, state.head)
+    return carried[0] if carried and carried[0].cid == verified.data else None
 
 
 def _carried_nodes(state: RepoState, verified: VerifiedCommit) -> list[Node]:
     """The MST nodes of the new tree that the CAR carries (reached from the root through the CAR)."""
     blocks = verified.blocks
-    nodes = NodeStore(lambda c: blocks.get(c.cid_bytes), state.limits)
+    nodes = verified.nodes or NodeStore(lambda c: blocks.get(c.cid_bytes), state.limits)
     found: list[Node] = []
     seen: set[bytes] = set()
     stack: list[CID] = [verified.data]

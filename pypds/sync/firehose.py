@@ -96,6 +96,8 @@ class VerifiedCommit:
     #: the diff CAR's blocks (by CID bytes, each hash-checked) and the parsed ops, for applying the commit
     blocks: dict[bytes, bytes] = field(default_factory=dict, repr=False, compare=False)
     changes: tuple[RecordChange, ...] = field(default=(), repr=False, compare=False)
+    #: the CAR's MST nodes, as the verification decoded them
+    nodes: NodeStore | None = field(default=None, repr=False, compare=False)
 
 
 def verify_commit_message(
@@ -143,7 +145,15 @@ def verify_commit_message(
     prev_data = msg.get("prevData")
     if prev_data is None and not _invertible(parsed):
         return VerifiedCommit(
-            commit, commit_cid, commit.data, None, False, inverted=False, blocks=blocks, changes=tuple(parsed)
+            commit,
+            commit_cid,
+            commit.data,
+            None,
+            False,
+            inverted=False,
+            blocks=blocks,
+            changes=tuple(parsed),
+            nodes=tree,
         )
     root = _undo(tree, commit.data, parsed)
     if prev_data is not None:
@@ -154,7 +164,7 @@ def verify_commit_message(
                 f"undoing the ops gives MST root {root.encode()}, the message's prevData is {prev_data.encode()}"
             )
     return VerifiedCommit(
-        commit, commit_cid, commit.data, root, prev_data is not None, blocks=blocks, changes=tuple(parsed)
+        commit, commit_cid, commit.data, root, prev_data is not None, blocks=blocks, changes=tuple(parsed), nodes=tree
     )
 
 
