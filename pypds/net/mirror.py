@@ -277,7 +277,8 @@ class Mirror:
         self.limits = limits
         self.stats = MirrorStats()
         self.host: str | None = None  # the stream's host (http(s) base URL), fallback for resyncs
-        self._resync_slots = asyncio.Semaphore(resync_concurrency)
+        self.resync_concurrency = resync_concurrency
+        self._resync_slots: asyncio.Semaphore | None = None
         self._repos: collections.OrderedDict[str, Repo] = collections.OrderedDict()
         self._identities: collections.OrderedDict[str, Identity] = collections.OrderedDict()
         self._resyncing: dict[str, list[_Pending]] = {}
@@ -661,6 +662,8 @@ class Mirror:
 
     async def _resync(self, did: str) -> None:
         try:
+            if self._resync_slots is None:  # bound to the running event loop
+                self._resync_slots = asyncio.Semaphore(self.resync_concurrency)
             async with self._resync_slots:
                 for _round in range(RESYNC_ROUNDS):
                     report = await self._download(did)
@@ -857,6 +860,7 @@ class Mirror:
         if self._session is not None:
             yield
             return
+        self._resync_slots = None  # a new one for this run's event loop
         async with (
             new_session(self.config.timeout, policy=self.config.address_policy()) as session,
             aiohttp.ClientSession() as stream_session,
