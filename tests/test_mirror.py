@@ -330,6 +330,18 @@ def test_restart_resumes_from_the_cursor_and_a_replay_applies_nothing_twice(net,
     assert same_as_source(tmp_path / "archive", alice) and same_as_source(tmp_path / "archive", bob)
 
 
+def test_stop_from_another_thread_returns_after_saving_the_cursor(net, tmp_path):
+    alice = net.sources[0]
+    alice.write(net.stream, 2)
+    mirror = net.mirror()
+    timer = threading.Timer(1.0, mirror.stop)
+    timer.start()
+    started = time.monotonic()
+    stats = mirror.run(net.stream.url, cursor=0)  # no limit: only stop() ends it
+    assert time.monotonic() - started < 5 and stats.events == 2
+    assert mirror.archive.cursor(net.stream.url) == 2 and same_as_source(tmp_path / "archive", alice)
+
+
 def test_partitions_apply_only_their_accounts(net, tmp_path):
     for source in net.sources:
         source.write(net.stream, 2)

@@ -27,7 +27,7 @@ from __future__ import annotations
 from ..car.stream import StreamedCar, check_record
 from ..codec.cid import CID
 from ..commit import rev_is_newer, rev_key
-from ..errors import CommitGap, DidMismatch, MissingBlock, RollbackRefused
+from ..errors import CommitGap, DidMismatch, InvalidCommitMessage, MissingBlock, RollbackRefused
 from ..mst.node import Node, key_height
 from ..mst.nodestore import NodeStore
 from ..sync.firehose import VerifiedCommit
@@ -67,7 +67,9 @@ def apply_commit(state: RepoState, verified: VerifiedCommit, since: str | None, 
         elif car is not None:
             root = None
             with StreamedCar(car, state.limits) as streamed:
-                import_streamed(state, streamed, commit, None, held=store.get_block, prev=state.head)
+                if streamed.root != cid:
+                    raise InvalidCommitMessage(f"the CAR is for commit {streamed.root.encode()}, not {cid.encode()}")
+                import_streamed(state, streamed, streamed.commit(), None, held=store.get_block, prev=state.head)
         else:
             raise CommitGap(f"commit {cid.encode()} could not be inverted and no CAR was given to check it whole")
     if root is None:
