@@ -127,10 +127,12 @@ MAX_LIST_PAGES = 100_000
 MAX_IDENTITIES = 100_000
 #: Rounds of resync for one account before it is left marked for the next start.
 RESYNC_ROUNDS = 3
+#: Seconds a stopping follower lets running resyncs finish before cancelling them.
+RESYNC_STOP_GRACE = 30.0
 #: ``#account`` statuses (an inactive account without one is "inactive").
 ACCOUNT_STATUSES = {"takendown", "suspended", "deleted", "deactivated", "desynchronized", "throttled"}
 
-APPLIED, DUPLICATE, REJECTED, RESYNC, DEFERRED, SKIPPED, IGNORED = (
+APPLIED, DUPLICATE, REJECTED, RESYNC, DEFERRED, SKIPPED, IGNORED, ACCOUNT = (
     "applied",
     "duplicate",
     "rejected",
@@ -138,6 +140,7 @@ APPLIED, DUPLICATE, REJECTED, RESYNC, DEFERRED, SKIPPED, IGNORED = (
     "deferred",
     "skipped",
     "ignored",
+    "account",
 )
 
 
@@ -369,7 +372,7 @@ class Mirror:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self._stopping.wait(), self.reconnect_delay)
             finally:
-                await self.wait_resyncs()
+                await self.wait_resyncs(RESYNC_STOP_GRACE)
                 self.flush(stream)
         return self.stats
 
@@ -407,10 +410,17 @@ class Mirror:
         self.archive.flush(rows, stream, self._cursor)
         self._flushed = time.monotonic()
 
-    async def wait_resyncs(self) -> None:
-        """Wait until every running resync has finished."""
+    async def wait_resyncs(self, timeout: float | None = None) -> None:
+        """Wait until every running resync has finished; after ``timeout`` seconds, cancel the rest
+        (they stay marked in the index and are done again on the next start)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            _done, pending = await asyncio.wait(list(self._tasks), timeout=left)
+            if pending and deadline is not None and time.monotonic() >= deadline:
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
 
     # -- one frame ----------------------------------------------------------------------------------
 
@@ -595,7 +605,7 @@ class Mirror:
                 self._delete_after.add(did)
             else:
                 await self._delete_copy(did)
-        return "account"
+        return ACCOUNT
 
     async def _delete_copy(self, did: str) -> None:
         """Remove an account's copy: renamed aside first (atomic), then removed."""
