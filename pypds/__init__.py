@@ -95,6 +95,7 @@ if TYPE_CHECKING:
     from .net.pusher import NewAccount, PushReport, push, push_async
     from .net.server import make_app, serve
     from .net.service_auth import service_auth_token
+    from .net.subscribe_repos import EventStreamOptions
     from .operation import RecordChange
     from .repo.gc import GcReport
     from .repo.history import Revert
@@ -199,6 +200,7 @@ _EXPORTS = {
     "push_async": "net.pusher",
     "PushReport": "net.pusher",
     "make_app": "net.server",
+    "EventStreamOptions": "net.subscribe_repos",
     "serve": "net.server",
     "service_auth_token": "net.service_auth",
     "RecordChange": "operation",
@@ -265,6 +267,7 @@ __all__ = [
     "download_async",
     "DownloadOptions",
     "DownloadReport",
+    "EventStreamOptions",
     "from_json",
     "GcReport",
     "generate_signing_key",

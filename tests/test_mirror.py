@@ -32,6 +32,7 @@ from pypds.cli import main
 from pypds.net.archive import Archive, partition_of, shard_of
 from pypds.net.mirror import parse_partition
 from pypds.net.server import make_app
+from pypds.net.subscribe_repos import EventStreamOptions
 from pypds.sync.event_stream import Frame, encode_frame
 
 from .conftest import POST, load_json, post
@@ -384,6 +385,39 @@ def test_backfill_lists_downloads_then_follows_from_the_noted_cursor(net, tmp_pa
         assert same_as_source(tmp_path / "archive", source)
     again = original().backfill(net.stream.url, follow=False)
     assert again.current == 3 and again.downloaded == 0
+
+
+# -- against pypds serve's own subscribeRepos ---------------------------------------------------------
+
+
+def test_following_and_backfilling_a_pypds_serve(tmp_path):
+    sources = [Source(tmp_path / f"src{i}", did) for i, did in enumerate(DIDS[:2])]
+    options = EventStreamOptions(event_log=tmp_path / "events.db", poll_interval=0.05)
+    with ServerThread(make_app([s.repo for s in sources], event_stream=options)) as pds:
+
+        async def lookup(did: str) -> Identity:
+            return next(s for s in sources if s.did == did).identity(pds.url)
+
+        def mirror(name: str) -> Mirror:
+            config = ResolverConfig(allow_private_network=True)
+            return Mirror(tmp_path / name, identity=lookup, download_options=FAST, flush_interval=0.05, config=config)
+
+        for source in sources:
+            source.write(None, 3)
+        time.sleep(0.3)  # the server notices the new HEADs and logs their commits
+        with mirror("followed") as follower:
+            stats = follower.run(pds.url, cursor=0, idle_timeout=1.0)
+            assert stats.rejected == 0 and stats.resyncs == 2 and stats.events >= 4
+            for source in sources:
+                source.write(None, 4)
+            stats = follower.run(pds.url, idle_timeout=1.0)
+            assert stats.rejected == 0 and stats.applied == 8 and stats.resyncs == 2
+        with mirror("backfilled") as backfiller:
+            report = backfiller.backfill(pds.url, follow=False)
+            assert report.downloaded == 2 and report.failed == 0
+    for source in sources:
+        assert same_as_source(tmp_path / "followed", source) and same_as_source(tmp_path / "backfilled", source)
+        source.repo.close()
 
 
 # -- the command line --------------------------------------------------------------------------

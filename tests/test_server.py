@@ -665,7 +665,11 @@ def test_get_blocks_refuses_too_many_cids(world):
 
 def test_unknown_method_is_method_not_implemented(world):
     assert_xrpc_error(world, "com.atproto.repo.createRecord", {}, 501, "MethodNotImplemented")
-    assert_xrpc_error(world, "com.atproto.sync.subscribeRepos", {}, 501, "MethodNotImplemented")
+    assert_xrpc_error(world, "com.atproto.sync.requestCrawl", {}, 501, "MethodNotImplemented")
+
+
+def test_subscribe_repos_without_a_websocket_is_invalid_request(world):
+    assert "WebSocket" in assert_xrpc_error(world, "subscribeRepos", {}, 400, "InvalidRequest")
 
 
 def test_a_post_to_a_query_is_invalid_request(world):

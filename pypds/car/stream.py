@@ -16,11 +16,13 @@ read, hash-checked and dropped, never stored.
 that every node and record is present, and that every record is a valid
 atproto record, yielding what to store as it goes.
 
-Traps: a block can be handed out only once (the spill forgets it), which is
-right because the walk never asks twice: a node linked twice is an MST
-error, and a record CID used by several keys is remembered after its first
-use. A failed walk can leave unread sections behind; :meth:`finish` reads
-the rest of the CAR (framing, hashes, limits) once the walk succeeded.
+Traps: a block can be handed out only once (the spill forgets it). The walk
+asks for a node once (a node linked twice is an MST error); a record CID used
+by several keys is asked for again, and the importer says (``stored``)
+whether it holds it already, so that nothing remembers every record CID
+(the largest set an import would keep: ~100 bytes a record). A failed walk can leave unread sections
+behind; :meth:`finish` reads the rest of the CAR (framing, hashes, limits)
+once the walk succeeded.
 """
 
 from __future__ import annotations
@@ -154,8 +156,14 @@ class StreamedCar:
         """Whether blocks out of stream order outgrew the memory budget."""
         return self._spill.on_disk
 
-    def get(self, cid: CID) -> bytes | None:
-        """The block with this CID, reading forward as far as needed; None if the CAR lacks it."""
+    def get(self, cid: CID, held: Callable[[CID], bool] | None = None) -> bytes | None:
+        """The block with this CID, reading forward as far as needed; None if the CAR lacks it.
+
+        With ``held``, once a block other than this one comes next, ``held(cid)``
+        is asked; when it is True (the caller has the block already, say a
+        record handed out earlier under another key), None is returned
+        without reading the rest of the CAR.
+        """
         data = self._spill.pop(cid)
         if data is not None:
             return data
@@ -164,6 +172,10 @@ class StreamedCar:
             if found.cid_bytes == wanted:
                 return block
             self._spill.put(found, block)
+            if held is not None:
+                if held(cid):
+                    return None
+                held = None  # asked once
         return None
 
     def finish(self) -> None:
@@ -199,6 +211,7 @@ class StreamedCar:
         commit: Commit,
         held: Callable[[CID], bytes | None] | None = None,
         stats: TreeWalk | None = None,
+        stored: Callable[[CID], bool] | None = None,
     ) -> Iterator[TreeBlock]:
         """Walk and check the commit's tree; yield what to store, commit first, and every leaf.
 
@@ -206,49 +219,64 @@ class StreamedCar:
         already has), the tree may be completed from there: a diff CAR.
         Blocks found in ``held`` are checked like the rest but not yielded
         for storing. Without it, a block the CAR lacks raises
-        :class:`PartialTree`.
+        :class:`PartialTree`. ``stored(cid)`` says whether a record block
+        yielded earlier (one record under several keys) is stored or waiting
+        to be; without it the walk remembers every record CID it yielded.
         """
         yield TreeBlock(self.root, self._commit_block, None)
         if held is not None:
-            yield from self._walk(commit, held, stats)
+            yield from self._walk(commit, held, stats, stored)
             return
         try:
-            yield from self._walk(commit, None, stats)
+            yield from self._walk(commit, None, stats, stored)
         except MissingBlock as exc:
             raise partial_tree(exc) from None
 
     def _walk(
-        self, commit: Commit, held: Callable[[CID], bytes | None] | None, stats: TreeWalk | None
+        self,
+        commit: Commit,
+        held: Callable[[CID], bytes | None] | None,
+        stats: TreeWalk | None,
+        stored: Callable[[CID], bool] | None,
     ) -> Iterator[TreeBlock]:
         limits = self._limits
-        records: set[bytes] = set()
+        records: set[bytes] | None = None  # the record CIDs yielded, kept when nobody else knows them
+        if stored is None:
+            records = set()
+            stored = _member_of(records)
         in_car = self.get
 
-        def get(cid: CID) -> tuple[bytes | None, bool]:
+        def get(cid: CID, record: bool) -> tuple[bytes | None, bool]:
             """The block and whether it came from the CAR (the repository's own copy is preferred)."""
             data = held(cid) if held is not None else None
-            return (data, False) if data is not None else (in_car(cid), True)
+            if data is not None:
+                return data, False
+            return in_car(cid, stored if record else None), True
 
         node_from_car = [False]
 
         def get_node(cid: CID) -> bytes | None:  # the walk yields each node right after loading it
-            data, node_from_car[0] = get(cid)
+            data, node_from_car[0] = get(cid, False)
             return data
 
         for step in walk_tree(get_node, commit.data, limits=limits, stats=stats):
-            raw = step.cid.cid_bytes
             if step.node is not None:
                 yield TreeBlock(step.cid, step.node.data if node_from_car[0] else None, None)
                 continue
-            if raw in records:
-                yield TreeBlock(step.cid, None, step.key)
-                continue
-            data, fresh = get(step.cid)
+            data, fresh = get(step.cid, True)
             if data is None:
+                if stored(step.cid):  # the same record under an earlier key
+                    yield TreeBlock(step.cid, None, step.key)
+                    continue
                 raise MissingBlock(f"record {step.cid.encode()} for {_path(step.key)} is not in the CAR", step.cid)
             check_record(step.cid, step.key, data, limits)
-            records.add(raw)
+            if records is not None:
+                records.add(step.cid.cid_bytes)
             yield TreeBlock(step.cid, data if fresh else None, step.key)
+
+
+def _member_of(cids: set[bytes]) -> Callable[[CID], bool]:
+    return lambda cid: cid.cid_bytes in cids
 
 
 def _path(key: bytes | None) -> str:

@@ -110,6 +110,21 @@ def _handle_pair(_ctx: click.Context, _param: click.Parameter, values: tuple[str
     metavar="SECONDS",
     help="Cut a connection with no request in progress that sends nothing, or does not read, this long.",
 )
+@click.option(
+    "--event-log",
+    type=click.Path(dir_okay=False),
+    metavar="PATH",
+    help="The subscribeRepos event log, an SQLite file kept 0600 (default: events.db in the first "
+    "repository's directory). Keep the same file across restarts so cursors replay.",
+)
+@click.option(
+    "--backlog",
+    type=click.IntRange(1),
+    default=10_000,
+    show_default=True,
+    metavar="N",
+    help="Events the log keeps for replay (an older cursor gets an OutdatedCursor notice and the backlog).",
+)
 def serve_cmd(
     paths: tuple[str, ...],
     host: str,
@@ -119,6 +134,8 @@ def serve_cmd(
     public_url: str | None,
     header_timeout: float,
     idle_timeout: float,
+    event_log: str | None,
+    backlog: int,
 ) -> None:
     """Serve repositories read-only over XRPC (com.atproto.sync.*) until Ctrl-C.
 
@@ -133,6 +150,15 @@ def serve_cmd(
     machine: point its --plc-url and --web-base at this server. Each
     repository must hold its signing key (the document names it).
 
+    The event stream com.atproto.sync.subscribeRepos (WebSocket) sends a
+    #commit for every new commit, whoever writes it (HEADs are polled), a
+    #sync when HEAD moves another way (an import, head --set), and
+    #identity and #account for a repository seen for the first time. Every
+    event gets the next seq and is stored in the event log before it is
+    sent; ?cursor=N replays the events after N (the last --backlog are
+    kept), with no cursor the stream is live only. A subscriber that
+    falls too far behind gets ConsumerTooSlow and is disconnected.
+
     \b
     Examples:
       pypds serve ./alice ./bob --port 2583
@@ -140,6 +166,7 @@ def serve_cmd(
       pypds serve ./alice --identity --handle alice.test=./alice --port 2583
       pypds download alice.test -o ./alice-copy --plc-url http://127.0.0.1:2583 \\
           --web-base http://127.0.0.1:2583 --allow-private-network
+      pypds serve ./alice --event-log ./alice-events.db --backlog 1000 --port 2584
     """
     for path in paths:
         if not Path(path).is_dir():
@@ -148,6 +175,7 @@ def serve_cmd(
             raise InputError(f"no repository at {path}")
     from ..net.identity_server import IdentityOptions
     from ..net.server import serve
+    from ..net.subscribe_repos import EventStreamOptions
 
     options = None
     if identity or handles or public_url is not None:
@@ -166,6 +194,7 @@ def serve_cmd(
         header_timeout=header_timeout,
         idle_timeout=idle_timeout,
         identity=options,
+        event_stream=EventStreamOptions(event_log=event_log, backlog=backlog),
         on_ready=ready,
     )
 

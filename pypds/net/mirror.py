@@ -127,6 +127,9 @@ MAX_LIST_PAGES = 100_000
 MAX_IDENTITIES = 100_000
 #: Rounds of resync for one account before it is left marked for the next start.
 RESYNC_ROUNDS = 3
+#: Seconds after a failed resync of an account before another is tried (its commits meanwhile are dropped;
+#: it stays marked in the index).
+RESYNC_RETRY_DELAY = 30.0
 #: Seconds a stopping follower lets running resyncs finish before cancelling them.
 RESYNC_STOP_GRACE = 30.0
 #: ``#account`` statuses (an inactive account without one is "inactive").
@@ -287,6 +290,9 @@ class Mirror:
         self._resyncing: dict[str, list[_Pending]] = {}
         self._resync_seq: dict[str, int] = {}
         self._delete_after: set[str] = set()
+        self._failed_at: dict[str, float] = {}
+        #: seconds after a failed resync before the account's next commit tries again
+        self.resync_retry_delay = RESYNC_RETRY_DELAY
         self._tasks: set[asyncio.Task[None]] = set()
         self._rows: dict[str, AccountUpdate] = {}
         self._synced_revs: dict[str, str] = {}
@@ -325,9 +331,17 @@ class Mirror:
 
     # -- following ---------------------------------------------------------------------------------
 
-    def run(self, url: str, *, max_events: int | None = None, cursor: int | None = None) -> MirrorStats:
-        """Follow ``url``'s subscribeRepos until :meth:`stop` (or ``max_events`` events); see :meth:`run_async`."""
-        return asyncio.run(self.run_async(url, max_events=max_events, cursor=cursor))
+    def run(
+        self,
+        url: str,
+        *,
+        max_events: int | None = None,
+        cursor: int | None = None,
+        idle_timeout: float | None = None,
+    ) -> MirrorStats:
+        """Follow ``url``'s subscribeRepos until :meth:`stop`, ``max_events`` events or ``idle_timeout``
+        seconds without one; see :meth:`run_async`."""
+        return asyncio.run(self.run_async(url, max_events=max_events, cursor=cursor, idle_timeout=idle_timeout))
 
     async def run_async(
         self,
@@ -663,6 +677,9 @@ class Mirror:
             self._resync_seq[did] = max(seq, self._resync_seq.get(did, 0))
         if did in self._resyncing:
             return
+        failed = self._failed_at.get(did)
+        if failed is not None and time.monotonic() - failed < self.resync_retry_delay:
+            return  # still marked in the index; tried again later, or on the next start
         log.info("resyncing %s: %s", did, reason)
         self.archive.mark_resync(did)
         self._resyncing[did] = []
@@ -695,10 +712,12 @@ class Mirror:
             identity = await self.identity(did, fresh=True)
             report = await self._fetch(did, identity)
         except PypdsError as exc:
+            self._failed_at[did] = time.monotonic()
             self.stats.resync_failures += 1
             log.warning("resync of %s failed: %s", did, exc)
             self.archive.record_error(did, None, "resync", str(exc))
             return None
+        self._failed_at.pop(did, None)
         self.stats.resyncs += 1
         seq = self._resync_seq.pop(did, None)
         self.flush()

@@ -13,6 +13,7 @@ getRepoStatus     ``did``: ``{did, active, rev}``
 listRepos         ``cursor``, ``limit``: ``{repos: [{did, head, rev, active}], cursor}``
 listBlobs         ``did``, ``since``, ``cursor``, ``limit``: ``{cids, cursor}``
 getBlob           ``did``, ``cid``: the blob's bytes
+subscribeRepos    ``cursor``: the event stream, over WebSocket (:mod:`pypds.net.subscribe_repos`)
 ================  ======================================================================
 
 Errors follow the reference PDS (``@atproto/xrpc-server``): ``400
@@ -74,6 +75,7 @@ from ..repo.repo import Repo
 from ..storage.blobs import BlobFile, BlobStore
 from ..syntax import is_valid_did, is_valid_nsid, is_valid_record_key, is_valid_tid
 from .identity_server import IDENTITY, WILDCARD_HOSTS, IdentityOptions, mount_identity
+from .subscribe_repos import SUBSCRIBE_REPOS, EventStreamOptions, RepoEventStream
 from .xrpc import (
     BLOB_NOT_FOUND,
     BLOCK_NOT_FOUND,
@@ -84,7 +86,7 @@ from .xrpc import (
     REPO_NOT_FOUND,
 )
 
-__all__ = ["DEFAULT_PORT", "RunningServer", "make_app", "serve", "start_server"]
+__all__ = ["DEFAULT_PORT", "EventStreamOptions", "RunningServer", "make_app", "serve", "start_server"]
 
 log = logging.getLogger("pypds.net.server")
 
@@ -116,6 +118,8 @@ NOT_FOUND = "NotFound"
 HANDLER_ARGS = {"max_line_size": 1 << 17, "max_field_size": 1 << 15}
 
 RepoSource = str | os.PathLike | Repo
+#: The default ``event_stream`` of :func:`make_app`: ``subscribeRepos`` served, the log in the first repository.
+DEFAULT_EVENT_STREAM = EventStreamOptions()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -140,6 +144,7 @@ def make_app(
     chunk_size: int = CHUNK_SIZE,
     idle_timeout: float = IDLE_TIMEOUT,
     identity: IdentityOptions | None = None,
+    event_stream: EventStreamOptions | None = DEFAULT_EVENT_STREAM,
 ) -> web.Application:
     """An aiohttp application serving ``repos`` (directories or open :class:`Repo` handles) read-only.
 
@@ -152,6 +157,10 @@ def make_app(
     :func:`start_server` (or :func:`serve`), which sees the connections.
     With ``identity``, the application also answers DID documents and
     handles for the repositories (:mod:`pypds.identity_server`).
+    ``event_stream`` says how ``com.atproto.sync.subscribeRepos`` is served
+    (:class:`EventStreamOptions`: the event log file, backlog, poll interval,
+    per-subscriber queue bound); None serves no stream, nor does the default
+    with no repository (it keeps the log in the first one).
 
     >>> from aiohttp import web
     >>> web.run_app(make_app(["./alice", "./bob"]), host="127.0.0.1", port=2583)  # doctest: +SKIP
@@ -160,16 +169,29 @@ def make_app(
     service = SyncService(_open_repos(repos), chunk_size=chunk_size)
     app = web.Application(handler_args={**HANDLER_ARGS, "keepalive_timeout": idle_timeout})
     app[SERVICE] = service
-    if identity is not None:
-        try:
+    try:
+        if identity is not None:
             mount_identity(app, service.repos, identity)
-        except BaseException:
-            service.close_now()
-            raise
+        if event_stream is not None and (service.repos or event_stream.event_log is not None):
+            _mount_stream(app, service, event_stream)
+    except BaseException:
+        service.close_now()
+        raise
     app.router.add_route("*", "/{path:.*}", service.dispatch)
     app.on_response_prepare.append(_cors)
     app.on_cleanup.append(service.close)
     return app
+
+
+def _mount_stream(app: web.Application, service: SyncService, options: EventStreamOptions) -> None:
+    """Serve subscribeRepos: the stream starts with the application and stops (log closed) before the
+    repositories are closed."""
+    stream = RepoEventStream(list(service.repos.values()), options)
+    app[EVENT_STREAM] = stream
+    service.methods[SUBSCRIBE_REPOS] = stream.subscribe
+    app.on_startup.append(stream.start)
+    app.on_shutdown.append(stream.stop)
+    app.on_cleanup.append(stream.close)
 
 
 def _check_timeout(name: str, seconds: float) -> None:
@@ -423,6 +445,7 @@ class SyncService:
 
 
 SERVICE = web.AppKey("pypds_sync_service", SyncService)
+EVENT_STREAM = web.AppKey("pypds_event_stream", RepoEventStream)
 
 
 def _car_response() -> web.StreamResponse:
@@ -639,6 +662,9 @@ class RunningServer:
         """
         loop = asyncio.get_running_loop()
         self._listener.close()
+        stream = self._runner.app.get(EVENT_STREAM)
+        if stream is not None:
+            await stream.stop()  # subscribers are closed, not left for the grace period
         server = self._runner.server
         if server is not None:
             server.pre_shutdown()  # idle connections close, busy ones after their response
@@ -702,16 +728,17 @@ def serve(
     header_timeout: float = HEADER_TIMEOUT,
     idle_timeout: float = IDLE_TIMEOUT,
     identity: IdentityOptions | None = None,
+    event_stream: EventStreamOptions | None = DEFAULT_EVENT_STREAM,
     on_ready: Callable[[str, list[str]], None] | None = None,
 ) -> None:
     """Serve ``repos`` on ``host:port`` until SIGINT or SIGTERM, then stop within :data:`SHUTDOWN_TIMEOUT`.
 
     ``on_ready(url, dids)`` is called once the server listens (with port 0,
     ``url`` carries the port chosen). The timeouts are those of
-    :func:`start_server`; ``identity`` is that of :func:`make_app`.
+    :func:`start_server`; ``identity`` and ``event_stream`` are those of :func:`make_app`.
     """
     _check_timeout("header_timeout", header_timeout)
-    app = make_app(repos, idle_timeout=idle_timeout, identity=identity)
+    app = make_app(repos, idle_timeout=idle_timeout, identity=identity, event_stream=event_stream)
     asyncio.run(_serve(app, host, port, _Timeouts(header_timeout, idle_timeout), on_ready))
 
 
@@ -725,6 +752,9 @@ async def _serve(
     try:
         server = await start_server(app, host, port, header_timeout=timeouts.header, idle_timeout=timeouts.idle)
     except BaseException:
+        stream = app.get(EVENT_STREAM)
+        if stream is not None:
+            stream.close_now()
         await app[SERVICE].close()
         raise
     stop = asyncio.Event()

@@ -32,6 +32,7 @@ from .writer import commit_ops, require_key, update_index
 __all__ = [
     "Revert",
     "check_ref_name",
+    "commit_chain",
     "delete_ref",
     "diff",
     "list_refs",
@@ -111,6 +112,26 @@ def _ops(state: RepoState, changes: list[RecordChange]) -> list[WriteOp]:
             raise MissingBlock(f"record block {change.new.encode()} for {change.path} is missing", change.new)
         ops.append((change.path.encode(), change.new.cid_bytes, data))
     return ops
+
+
+def commit_chain(state: RepoState, old: CID | str, new: CID | str | None, limit: int) -> list[CID] | None:
+    """See :meth:`pypds.Repo.commit_chain`."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise InvalidInput(f"limit must be a positive integer: {shown(limit)}")
+    state.refresh()
+    start = parse_cid(old, allow_raw=False)
+    cid: CID | None = state.head if new is None else state.resolve(new)
+    chain: list[CID] = []
+    while cid is not None and cid != start and len(chain) < limit:
+        history = state.store.commit_history(cid)
+        if history is None:
+            return None  # imported whole: its predecessor is unknown
+        chain.append(cid)
+        cid = history[1]
+    if cid != start:
+        return None
+    chain.reverse()
+    return chain
 
 
 def diff(state: RepoState, old: CID | str, new: CID | str | None) -> list[RecordChange]:

@@ -87,16 +87,23 @@ def import_streamed(
     rev = rev_key(commit.rev)  # a version 2 commit's blocks get "", older than every rev
     store.index_clear()
     blocks: list[tuple[CID, bytes]] = []
+    waiting: set[bytes] = set()  # the CIDs in blocks
     leaves: list[tuple[bytes, CID]] = []
     pending = written = 0
-    for cid, data, path in streamed.tree_blocks(commit, held):
+
+    def stored(cid: CID) -> bool:  # a record met again under another key: written already?
+        return cid.cid_bytes in waiting or store.has_block(cid)
+
+    for cid, data, path in streamed.tree_blocks(commit, held, stored=stored):
         if data is not None:
             blocks.append((cid, data))
+            waiting.add(cid.cid_bytes)
             pending += len(data)
             if pending >= IMPORT_BATCH_BYTES:
                 store.put_blocks(blocks, rev)
                 written += len(blocks)
                 blocks, pending = [], 0
+                waiting.clear()
         if path is not None:
             leaves.append((path, cid))
             if len(leaves) >= IMPORT_BATCH_PATHS:

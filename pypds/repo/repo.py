@@ -244,6 +244,23 @@ class Repo:
         history.set_head(self._state, cid)
 
     @_public
+    def commit_chain(
+        self, old: CID | str, new: CID | str | None = None, *, limit: int = 1000
+    ) -> builtins.list[CID] | None:
+        """The commits leading from ``old`` (excluded) to ``new`` (default HEAD; included), oldest first.
+
+        Follows the commit history (commits made here, or received as diffs
+        with ``apply_car``) back from ``new``. None when ``new`` does not
+        chain back to ``old`` within ``limit`` commits: it is older, on
+        another branch, imported whole (``import_car``), or too far ahead.
+        An empty list when ``new`` is ``old``. This is how a server turns a
+        HEAD that moved into one ``#commit`` event per commit.
+        """
+        from . import history
+
+        return history.commit_chain(self._state, old, new, limit)
+
+    @_public
     def revert(self, target: CID | str) -> Revert:
         """Write a new signed commit whose tree equals ``target``'s (a commit CID, its string or a ref).
 

@@ -127,7 +127,7 @@ def _commit_group(state: RepoState, group: list[Request]) -> None:
             start = state.head
             head, root, height = state.head, state.root, state.height
             skip: set[bytes] = set()  # nodes already counted as new by an earlier commit of the group
-            for request in group:
+            for index, request in enumerate(group):
                 try:
                     new_root, new_height = _apply_ops(state, root, height, request.ops)
                     if request.expect_root is not None and new_root.cid != request.expect_root:
@@ -139,7 +139,8 @@ def _commit_group(state: RepoState, group: list[Request]) -> None:
                     continue
                 commit = _sign(state, new_root, new_height, key, skip=skip)
                 built.append((request, commit, head, request.ops))
-                skip.update(node.cid.cid_bytes for node in commit.nodes)
+                if index + 1 < len(group):  # a later commit of the group must not count these again
+                    skip.update(node.cid.cid_bytes for node in commit.nodes)
                 head, root, height = commit.cid, new_root, new_height
             if built:
                 _write_group(state, [(commit, prev, ops) for _request, commit, prev, ops in built], start)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import inspect
 import json
 import struct
 import urllib.error
@@ -38,7 +37,6 @@ import pytest
 
 from pypds import CID, Outcome, Repo, ResolverConfig, from_json, generate_signing_key, to_json, verify_car, verify_proof
 from pypds.cli import main
-from pypds.cli.app import cli
 from pypds.codec import cbor as pcbor
 from pypds.codec.cid import cid_for_raw, link_from_bytes
 from pypds.net.identity import resolve
@@ -158,15 +156,14 @@ def resolver_config(refpds) -> ResolverConfig:
 
 
 def private_network_opt_in() -> dict:
-    """``allow_private_network=True`` once pypds has that policy (the reference PDS lives on localhost)."""
-    accepted = inspect.signature(ResolverConfig).parameters
-    return {"allow_private_network": True} if "allow_private_network" in accepted else {}
+    """The reference PDS lives on localhost: network-learned loopback addresses need the opt-in."""
+    return {"allow_private_network": True}
 
 
 def cli_network_options(refpds) -> list[str]:
-    options = ["--plc-url", refpds.plc, "--web-base", refpds.pds, "--timeout", "10", "--quiet", "--json"]
-    has_opt_in = any(param.name == "allow_private_network" for param in cli.commands["download"].params)
-    return [*options, "--allow-private-network"] if has_opt_in else options
+    return ["--plc-url", refpds.plc, "--web-base", refpds.pds, "--timeout", "10", "--quiet", "--json"] + [
+        "--allow-private-network"
+    ]
 
 
 def signing_key_of(refpds, did: str):
@@ -514,7 +511,7 @@ def test_push_with_a_wrong_password_or_to_another_did_changes_nothing(refpds, al
     path = tmp_path / "other"
     pypds_repo(path, did, key, n=5).close()
     before = {f.name: f.read_bytes() for f in path.iterdir() if f.is_file()}
-    assert main(["push", str(path), "--pds", refpds.pds, "--password", "wrong", "--retries", "0"]) == 2
+    assert main(["push", str(path), "--pds", refpds.pds, "--password", "wrong", "--retries", "0"]) == 3
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "was refused: 401 AuthenticationRequired" in err
     login_as_alice = ["--identifier", alice["handle"], "--password", "alice-password"]
@@ -522,7 +519,7 @@ def test_push_with_a_wrong_password_or_to_another_did_changes_nothing(refpds, al
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"is '{alice['did']}'" in err and f"holds the repository of {did}" in err
     wrong_audience = ["--create-account", "--handle", f"other{refpds.handle_domain}", "--email", "o@example.com"]
-    assert main(["push", str(path), "--pds", refpds.pds, *wrong_audience, "--pds-did", "did:web:elsewhere.test"]) == 2
+    assert main(["push", str(path), "--pds", refpds.pds, *wrong_audience, "--pds-did", "did:web:elsewhere.test"]) == 3
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "was refused: 401 BadJwtAudience" in err
     assert {f.name: f.read_bytes() for f in path.iterdir() if f.is_file()} == before
