@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         BadSignature,
         BlockHashMismatch,
         CarFormatError,
+        CommitGap,
         DeadlineExceeded,
         DidMismatch,
         DiskFull,
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
         SigningKeyRequired,
         StorageError,
         StoreDamaged,
+        StreamError,
         TransferTooSlow,
     )
     from .keys import (
@@ -89,6 +91,7 @@ if TYPE_CHECKING:
     from .net.downloader import BlobFailure, DownloadOptions, DownloadReport, download, download_async
     from .net.identity import Identity, ResolverConfig, resolve, resolve_async
     from .net.identity_server import IdentityOptions
+    from .net.mirror import BackfillReport, Mirror, MirrorStats
     from .net.pusher import NewAccount, PushReport, push, push_async
     from .net.server import make_app, serve
     from .net.service_auth import service_auth_token
@@ -122,6 +125,7 @@ _EXPORTS = {
     "BadSignature": "errors",
     "BlockHashMismatch": "errors",
     "CarFormatError": "errors",
+    "CommitGap": "errors",
     "DeadlineExceeded": "errors",
     "DidMismatch": "errors",
     "DiskFull": "errors",
@@ -166,6 +170,7 @@ _EXPORTS = {
     "SigningKeyRequired": "errors",
     "StorageError": "errors",
     "StoreDamaged": "errors",
+    "StreamError": "errors",
     "TransferTooSlow": "errors",
     "generate_signing_key": "keys",
     "K256SigningKey": "keys",
@@ -187,6 +192,9 @@ _EXPORTS = {
     "resolve_async": "net.identity",
     "ResolverConfig": "net.identity",
     "IdentityOptions": "net.identity_server",
+    "BackfillReport": "net.mirror",
+    "Mirror": "net.mirror",
+    "MirrorStats": "net.mirror",
     "NewAccount": "net.pusher",
     "push": "net.pusher",
     "push_async": "net.pusher",
@@ -231,6 +239,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "__version__",
     "AddressRefused",
+    "BackfillReport",
     "BadSignature",
     "Batch",
     "blob_refs",
@@ -249,6 +258,7 @@ __all__ = [
     "cid_for_raw",
     "Commit",
     "CommitEvent",
+    "CommitGap",
     "DeadlineExceeded",
     "decode_commit",
     "DidMismatch",
@@ -283,11 +293,13 @@ __all__ = [
     "LimitExceeded",
     "Limits",
     "ListingTooLong",
+    "load_signing_key",
     "LoadError",
     "LoadIncomplete",
     "LoadReport",
-    "load_signing_key",
     "make_app",
+    "Mirror",
+    "MirrorStats",
     "MissingBlock",
     "MST",
     "NetworkError",
@@ -314,12 +326,12 @@ __all__ = [
     "RepoExists",
     "RepoNotFound",
     "RepoStateError",
-    "Revert",
     "resolve",
     "resolve_async",
     "ResolveError",
     "ResolverConfig",
     "ResponseTooLarge",
+    "Revert",
     "RollbackRefused",
     "SchemaVersionError",
     "serve",
@@ -330,6 +342,7 @@ __all__ = [
     "SigningKeyRequired",
     "StorageError",
     "StoreDamaged",
+    "StreamError",
     "to_json",
     "TransferTooSlow",
     "VerifiedCommit",

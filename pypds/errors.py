@@ -27,6 +27,7 @@ key or byte offset at fault.
     │   ├── RollbackRefused     a commit not newer than HEAD would move a copy back
     │   ├── InvalidCommitMessage  a firehose #commit does not check out
     │   ├── InvalidFrame          an event-stream frame is oversized or malformed
+    │   ├── CommitGap             a followed commit does not build on what the copy holds
     │   └── StoreDamaged        pds.db lacks a table or holds a value of the wrong type
     ├── NotFound
     │   ├── RecordNotFound
@@ -209,6 +210,11 @@ class InvalidFrame(IntegrityError):
     """An event-stream frame (``subscribeRepos``) is oversized, not canonical DAG-CBOR, or not header + body."""
 
 
+class CommitGap(IntegrityError):
+    """A followed commit does not build on what the copy holds: its ``since`` is not the copy's rev,
+    or its ``prevData`` is not the copy's MST root. The copy is unchanged; a mirror resyncs the account."""
+
+
 class StoreDamaged(IntegrityError):
     """``pds.db`` is not as pypds wrote it: a table is missing, or a value (HEAD, a block) has the wrong type."""
 
@@ -315,6 +321,7 @@ class DiskFull(StorageError):
 #       ├── ResolveError        a handle or DID cannot be resolved, or its document is unusable
 #       │   └── HandleMismatch  the DID document does not claim the handle it was reached from
 #       ├── RemoteError         a server answered with an error (XRPC name and HTTP status)
+#       ├── StreamError         an event stream could not be reached, was cut, or sent an error frame
 #       ├── AddressRefused      a network-learned endpoint is a non-public address
 #       ├── TransferTooSlow     a response arrived slower than the minimum rate
 #       └── DeadlineExceeded    the overall deadline of a download passed
@@ -326,6 +333,10 @@ class InvalidHandle(InvalidInput):
 
 class NetworkError(PypdsError):
     """A network operation failed: no connection, a timeout, or an unusable answer."""
+
+
+class StreamError(NetworkError):
+    """An event stream (``subscribeRepos``) could not be reached, was cut, or sent an error frame."""
 
 
 class ResolveError(NetworkError):

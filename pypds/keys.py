@@ -121,11 +121,20 @@ class PublicKey:
         if not (0 < r < self._order and 0 < s <= top):
             return False
         digest = hashlib.sha256(data).digest()
+        if self.curve == "k256":  # libsecp256k1: about ten times faster than OpenSSL's secp256k1
+            low_s = s if s <= self._order // 2 else self._order - s  # (r, s) and (r, n - s) verify alike
+            return self._k256.verify(encode_dss_signature(r, low_s), digest, hasher=None)
         try:
             self._key.verify(encode_dss_signature(r, s), digest, ec.ECDSA(Prehashed(hashes.SHA256())))
         except InvalidSignature:
             return False
         return True
+
+    @cached_property
+    def _k256(self) -> coincurve.PublicKey:
+        import coincurve
+
+        return coincurve.PublicKey(self.compressed)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PublicKey) and (self.curve, self.compressed) == (

@@ -28,6 +28,7 @@ import pytest
 
 from pypds import CarReader, CarWriter, Repo, cid_for_raw, load_signing_key
 from pypds.cli.app import cli
+from pypds.net.archive import Archive
 
 from .conftest import POST, post
 from .doc_runner import Command, Shell
@@ -44,7 +45,7 @@ CAT_PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
     "0000000a49444154789c63000100000500010d0a2db40000000049454e44ae426082"
 )
-INTERNET = re.compile(r"^pypds\s+(download|push|resolve)\b(?!.*127\.0\.0\.1)", re.S)
+INTERNET = re.compile(r"^pypds\s+(download|push|resolve|follow|mirror)\b(?!.*127\.0\.0\.1)", re.S)
 
 
 def all_commands() -> Iterator[tuple[str, click.Command]]:
@@ -135,6 +136,10 @@ def start_companion(name: str, shell: Shell, stack: list) -> None:
     """The server a command's loopback examples talk to, at their documented port 2583."""
     if name in ("pypds download", "pypds resolve"):
         shell.start_server(Command("pypds serve ./alice --identity --handle alice.test=./alice --port 2583", name))
+    elif name in ("pypds mirror", "pypds follow"):
+        shell.start_server(Command("pypds serve ./alice ./bob --identity --port 2583", name))
+    elif name == "pypds archive-status":
+        Archive.open(shell.workdir / "archive").close()
     elif name == "pypds push":
         stub = StubPds(shell.workdir.parent / "stub-pds").__enter__()
         stack.append(stub)
@@ -182,6 +187,6 @@ def test_example_keys_are_the_workspace_key():
 def test_internet_examples_are_few_and_parsed(workspace):
     """The examples left unrun need the internet; each has a loopback twin that runs."""
     unrun = [c.text for found in EXAMPLES.values() for c in found if INTERNET.match(c.text)]
-    assert len(unrun) == 4, unrun
+    assert len(unrun) == 8, unrun
     with pytest.raises(click.UsageError):
         parse_only("pypds download alice.bsky.social --no-such-option")

@@ -27,6 +27,7 @@ COMMAND_MODULES = {
     **dict.fromkeys(["head", "revert", "ref"], "refs"),
     **dict.fromkeys(["blob"], "blobs"),
     **dict.fromkeys(["serve", "resolve", "download", "push"], "net"),
+    **dict.fromkeys(["follow", "mirror", "archive-status"], "mirror"),
 }
 
 

@@ -238,13 +238,16 @@ async def download_async(
     progress: Progress | None = None,
     options: DownloadOptions = DownloadOptions(),
     session: aiohttp.ClientSession | None = None,
+    identity: Identity | None = None,
 ) -> DownloadReport:
     """:func:`download` as a coroutine.
 
     Reuses ``session`` when given: its connector then decides where host
     names connect (the address policy checks only IP literals); a session
     from :func:`pypds.net.xrpc.new_session` with ``config.address_policy()``
-    checks resolved addresses too.
+    checks resolved addresses too. A caller that has resolved the account
+    already (a mirror) passes its ``identity``: its PDS is asked and its key
+    checks the commit, and ``identifier`` must be its DID.
     """
     if options.concurrency < 1:
         raise InvalidInput(f"concurrency must be at least 1: {options.concurrency}")
@@ -256,7 +259,10 @@ async def download_async(
     async with AsyncExitStack() as stack:
         if session is None:
             session = await stack.enter_async_context(new_session(config.timeout, policy=config.address_policy()))
-        identity = await _resolve(identifier, config, session, pace)
+        if identity is None:
+            identity = await _resolve(identifier, config, session, pace)
+        elif identity.did != identifier:
+            raise InvalidInput(f"the identity given is for {identity.did}, not {identifier}")
         config.address_policy().check_url(identity.pds, f"the PDS of {identity.did}")
         job = _Download(
             identity,

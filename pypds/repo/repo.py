@@ -44,7 +44,7 @@ from .blockstore import BlockStore
 from .state import RepoState
 
 if TYPE_CHECKING:
-    from ..sync.firehose import CommitEvent
+    from ..sync.firehose import CommitEvent, VerifiedCommit
     from ..sync.verify import VerifyReport
     from .gc import GcReport
     from .history import Revert
@@ -635,6 +635,25 @@ class Repo:
         from . import importer
 
         return importer.apply_car(self._state, source, key)
+
+    @_public
+    def apply_commit(self, verified: VerifiedCommit, since: str | None, *, car: bytes | None = None) -> str:
+        """Apply a followed ``#commit`` that :func:`pypds.verify_commit_message` verified; one transaction.
+
+        ``since`` is the message's ``since`` (the rev it builds on). Returns
+        ``"applied"``, or ``"duplicate"`` for a commit this copy already holds
+        (nothing changes). Raises :class:`~pypds.errors.CommitGap` when the
+        commit does not build on HEAD (``since`` is not HEAD's rev, or its
+        previous MST root is not HEAD's), :class:`RollbackRefused` for any
+        other commit not newer than HEAD, :class:`DidMismatch` for another
+        account's commit; the copy is then unchanged. Only the new blocks the
+        message carries are written (no walk of the whole tree); a message
+        whose ops could not be undone (before sync 1.1) is checked whole from
+        ``car`` (the message's ``blocks``) instead.
+        """
+        from . import follow
+
+        return follow.apply_commit(self._state, verified, since, car)
 
     @_public
     def export_car(

@@ -13,7 +13,7 @@ along the key's own path. The undone tree's root must equal ``prevData``.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypedDict
 
 from ..car.reader import CarReader
@@ -93,6 +93,11 @@ class VerifiedCommit:
     #: whether the ops were undone on the partial tree; False only for a legacy message (no
     #: prevData) with an update or delete that lacks ``prev``, which cannot be undone
     inverted: bool = True
+    #: the diff CAR's blocks (by CID bytes, each hash-checked) and the parsed ops, for applying the commit
+    blocks: dict[bytes, bytes] = field(default_factory=dict, repr=False, compare=False)
+    changes: tuple[RecordChange, ...] = field(default=(), repr=False, compare=False)
+    #: the CAR's MST nodes, as the verification decoded them
+    nodes: NodeStore | None = field(default=None, repr=False, compare=False)
 
 
 def verify_commit_message(
@@ -139,7 +144,17 @@ def verify_commit_message(
             raise InvalidCommitMessage(f"op {change.action} {change.path}: the new tree holds {got}")
     prev_data = msg.get("prevData")
     if prev_data is None and not _invertible(parsed):
-        return VerifiedCommit(commit, commit_cid, commit.data, None, False, inverted=False)
+        return VerifiedCommit(
+            commit,
+            commit_cid,
+            commit.data,
+            None,
+            False,
+            inverted=False,
+            blocks=blocks,
+            changes=tuple(parsed),
+            nodes=tree,
+        )
     root = _undo(tree, commit.data, parsed)
     if prev_data is not None:
         if type(prev_data) is not CID:
@@ -148,7 +163,9 @@ def verify_commit_message(
             raise InvalidCommitMessage(
                 f"undoing the ops gives MST root {root.encode()}, the message's prevData is {prev_data.encode()}"
             )
-    return VerifiedCommit(commit, commit_cid, commit.data, root, prev_data is not None)
+    return VerifiedCommit(
+        commit, commit_cid, commit.data, root, prev_data is not None, blocks=blocks, changes=tuple(parsed), nodes=tree
+    )
 
 
 def _invertible(ops: list[RecordChange]) -> bool:
