@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
+import io
+import shutil
+
 import pytest
 
-from pypds import CommitGap, DidMismatch, Repo, RollbackRefused, generate_signing_key, verify_commit_message
+from pypds import (
+    CID,
+    CarWriter,
+    CommitGap,
+    DidMismatch,
+    InvalidCommitMessage,
+    InvalidMst,
+    RecordChange,
+    Repo,
+    RollbackRefused,
+    generate_signing_key,
+    verify_commit_message,
+)
+from pypds.codec.cbor import encode
+from pypds.codec.cid import cid_for_cbor
+from pypds.commit import sign_commit
+from pypds.mst.node import Node, key_height
+from pypds.sync.firehose import VerifiedCommit
 
 from .conftest import DID, POST, post
 
@@ -100,3 +120,69 @@ def test_a_legacy_message_that_cannot_be_undone_is_checked_whole_from_its_car(pa
         copy.apply_commit(verified, event["since"])
     assert copy.apply_commit(verified, event["since"], car=event["blocks"]) == "applied"
     assert copy.export_car() == source.export_car()
+
+
+def test_make_durable_puts_normal_durability_commits_into_the_database_file(tmp_path):
+    """With durability="normal" the last commits sit in the WAL; make_durable checkpoints them into
+    pds.db itself (the file a power cut leaves, WAL or not)."""
+
+    def head_of_database_file_alone(name: str) -> CID:
+        alone = tmp_path / name
+        alone.mkdir()
+        shutil.copy(tmp_path / "repo" / "pds.db", alone / "pds.db")  # without pds.db-wal
+        with Repo.open(alone) as copy:
+            return copy.head
+
+    with Repo.create(tmp_path / "repo", DID) as repo:
+        first = repo.head
+    with Repo.open(tmp_path / "repo", durability="normal") as repo:
+        repo.make_durable()  # the create's pages are in pds.db
+        repo.put(POST, "a", post(1))
+        assert head_of_database_file_alone("before") == first
+        repo.make_durable()
+        assert head_of_database_file_alone("after") == repo.head
+
+
+def test_a_new_key_off_its_layer_is_refused_even_if_verification_were_fooled(tmp_path):
+    """Undoing the ops already refuses a key put on the wrong layer (its delete looks on the key's own
+    layer); apply_commit checks the layers of the nodes it stores as well, so a commit that slipped
+    through would still change nothing."""
+    key = generate_signing_key()
+    paths = [f"{POST}/3jui7kd5{i:05d}" for i in range(400)]
+    low = [p for p in paths if key_height(p.encode()) == 0]
+    a, c = low[0], low[40]
+    middle = next(p for p in paths if key_height(p.encode()) == 1 and a < p < c)
+    with Repo.create(tmp_path / "source", DID, signing_key=key) as source:
+        source.put(POST, a.split("/")[1], post(1))
+        source.put(POST, c.split("/")[1], post(3))
+        old = source.commit()
+        copy = Repo.from_car(tmp_path / "copy", source.export_car())
+        record = encode(post(2))
+        value = cid_for_cbor(record)
+        found = [source.find_cid(POST, p.split("/")[1]) for p in (a, c)]
+        flat = Node((a.encode(), middle.encode(), c.encode()), (found[0], value, found[1]), (None,) * 4)
+        commit, block, cid = sign_commit(DID, flat.cid, "3zzzzzzzzzzzz", key)
+    car = io.BytesIO()
+    writer = CarWriter(car, [cid])
+    for block_cid, data in ((cid, block), (flat.cid, flat.data), (value, record)):
+        writer.write_block(block_cid, data)
+    op = {"action": "create", "path": middle, "cid": value}
+    message = {"repo": DID, "commit": cid, "rev": commit.rev, "since": old.rev, "prevData": old.data}
+    message |= {"ops": [op], "blobs": [], "blocks": car.getvalue(), "rebase": False, "tooBig": False}
+    with pytest.raises(InvalidCommitMessage, match="not in the tree"):
+        verify_commit_message(message, key=key.public_key)
+    # as if it had passed: the commit, its blocks and ops, prevData the copy's root
+    fooled = VerifiedCommit(
+        commit,
+        cid,
+        flat.cid,
+        old.data,
+        True,
+        blocks={cid.cid_bytes: block, flat.cid.cid_bytes: flat.data, value.cid_bytes: record},
+        changes=(RecordChange.from_op(op, 0),),
+    )
+    before = copy.export_car()
+    with pytest.raises(InvalidMst, match="has height 1, not 0"):
+        copy.apply_commit(fooled, old.rev)
+    assert copy.export_car() == before
+    copy.close()

@@ -507,3 +507,31 @@ def test_recorded_relay_streams_get_the_outcome_the_relay_expects(path, tmp_path
             body = message["frame"]["body"]
             if message["frame"]["header"]["t"] == "#account" and body.get("status") == "deleted":
                 assert index.account(body["did"]).status == "deleted"  # type: ignore[union-attr]
+
+
+def test_each_flush_makes_the_copies_it_records_durable_first(net, tmp_path, monkeypatch):
+    """The copies skip the per-commit fsync: the index (cursor, revs) must never run ahead of them."""
+    events: list[tuple[str, str]] = []
+    original_durable, original_flush = Repo.make_durable, Archive.flush
+
+    def durable(repo: Repo) -> None:
+        events.append(("durable", repo.did))
+        original_durable(repo)
+
+    def flush(archive: Archive, rows, stream, cursor) -> None:
+        events.extend(("recorded", row[0]) for row in rows)
+        original_flush(archive, rows, stream, cursor)
+
+    monkeypatch.setattr(Repo, "make_durable", durable)
+    monkeypatch.setattr(Archive, "flush", flush)
+    alice = net.sources[0]
+    alice.write(net.stream, 1)
+    mirror = net.mirror()
+    follow(mirror, net.stream.url, 1)  # the resync downloads the copy (durably)
+    alice.write(net.stream, 3)
+    events.clear()
+    assert follow(mirror, net.stream.url, 3).applied == 3
+    recorded = [i for i, event in enumerate(events) if event == ("recorded", alice.did)]
+    assert recorded, events
+    for i in recorded:
+        assert ("durable", alice.did) in events[:i], events

@@ -27,7 +27,7 @@ from __future__ import annotations
 from ..car.stream import StreamedCar, check_record
 from ..codec.cid import CID
 from ..commit import rev_is_newer, rev_key
-from ..errors import CommitGap, DidMismatch, InvalidCommitMessage, MissingBlock, RollbackRefused
+from ..errors import CommitGap, DidMismatch, InvalidCommitMessage, InvalidMst, MissingBlock, RollbackRefused, shown
 from ..mst.node import Node, key_height
 from ..mst.nodestore import NodeStore
 from ..sync.firehose import VerifiedCommit
@@ -110,18 +110,37 @@ def _write_new_tree(state: RepoState, verified: VerifiedCommit) -> Node | None:
 
 
 def _carried_nodes(state: RepoState, verified: VerifiedCommit) -> list[Node]:
-    """The MST nodes of the new tree that the CAR carries (reached from the root through the CAR)."""
+    """The MST nodes of the new tree that the CAR carries (reached from the root through the CAR),
+    each checked to sit on its layer: undoing the ops proves the keys and their order, not that a
+    new key was put on the layer its hash gives, so that is checked here before anything is stored."""
     blocks = verified.blocks
     nodes = verified.nodes or NodeStore(lambda c: blocks.get(c.cid_bytes), state.limits)
     found: list[Node] = []
     seen: set[bytes] = set()
-    stack: list[CID] = [verified.data]
+    stack: list[tuple[CID, int | None]] = [(verified.data, None)]  # (link, its layer; None for the root)
     while stack:
-        link = stack.pop()
+        link, layer = stack.pop()
         if link.cid_bytes in seen or link.cid_bytes not in blocks:
             continue
         seen.add(link.cid_bytes)
         node = nodes.load_node(link)
+        layer = _check_layer(node, link, layer)
         found.append(node)
-        stack.extend(child if isinstance(child, CID) else child.cid for child in node.links if child is not None)
+        stack.extend(
+            (child if isinstance(child, CID) else child.cid, layer - 1) for child in node.links if child is not None
+        )
     return found
+
+
+def _check_layer(node: Node, cid: CID, layer: int | None) -> int:
+    """The node's layer (the root's from its first key); InvalidMst if a key or link is off its layer."""
+    if layer is None:
+        layer = key_height(node.keys[0]) if node.keys else 0
+    elif node.is_empty:
+        raise InvalidMst(f"MST node {cid.encode()} is empty but not the root")
+    if layer < 0 or (layer == 0 and any(link is not None for link in node.links)):
+        raise InvalidMst(f"MST node {cid.encode()} links below layer 0")
+    for key in node.keys:
+        if key_height(key) != layer:
+            raise InvalidMst(f"MST node {cid.encode()}: key {shown(key)} has height {key_height(key)}, not {layer}")
+    return layer

@@ -171,6 +171,17 @@ class Repo:
         """Close the handle; later calls raise RepoClosed. Closing twice is fine."""
         self._state.close()
 
+    @_public
+    def make_durable(self) -> None:
+        """Make every commit so far durable against a power cut now.
+
+        With ``durability="full"`` (the default) each commit already is;
+        with ``"normal"`` the last commits may sit in an unsynced WAL until
+        SQLite's next checkpoint. A mirror calls this before it records how
+        far it got, so its index never runs ahead of its copies.
+        """
+        self._state.store.make_durable()
+
     def __enter__(self) -> Repo:
         return self
 

@@ -332,6 +332,14 @@ class Store:
     def close(self) -> None:
         self.conn.close()
 
+    def make_durable(self) -> None:
+        """Make every committed transaction durable now (with ``durability="normal"`` the last ones may
+        be only in the unsynced WAL): a passive WAL checkpoint, which fsyncs the WAL before it copies."""
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except SqliteError as exc:
+            raise storage_error(exc, self.path) from None
+
     def _scalar(self, sql: str, params: tuple = ()) -> object:
         rows = self._rows(sql, params)
         return rows[0][0] if rows else None
