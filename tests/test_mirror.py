@@ -535,3 +535,28 @@ def test_each_flush_makes_the_copies_it_records_durable_first(net, tmp_path, mon
     assert recorded, events
     for i in recorded:
         assert ("durable", alice.did) in events[:i], events
+
+
+def test_backfill_of_a_quiet_stream_catches_commits_made_before_following_connects(net, tmp_path, monkeypatch):
+    """No event while the downloads ran, so no cursor was noted: the stream watched since before the
+    listing still tells following where to start, and commits made in between are not missed."""
+    alice = net.sources[0]
+    alice.write(None, 2)
+    original = Mirror._follow_once
+    calls: list[int] = []
+
+    async def connect_late(self, *args):
+        if not calls:  # after the downloads, before following connects: only the watch sees these
+            alice.write(net.stream, 2)
+            await asyncio.sleep(0.3)
+            threading.Timer(0.5, alice.write, (net.stream, 1)).start()  # the first event following sees
+        calls.append(1)
+        return await original(self, *args)
+
+    monkeypatch.setattr(Mirror, "_follow_once", connect_late)
+    mirror = net.mirror()
+    report = mirror.backfill(net.stream.url, max_events=3, idle_timeout=5.0)  # without the watch: no event
+    assert report.downloaded == 3 and report.cursor is None  # nothing noted during the downloads
+    assert len(calls) == 2 and net.stream.connections[-1] == 0  # went back to the watch's first event
+    assert mirror.stats.applied == 3 and mirror.stats.rejected == 0 and mirror.stats.resyncs == 0
+    assert same_as_source(tmp_path / "archive", alice)

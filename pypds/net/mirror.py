@@ -126,6 +126,8 @@ LIST_REPOS_PAGE = 1000
 MAX_LIST_PAGES = 100_000
 #: Identities cached (least recently used go first).
 MAX_IDENTITIES = 100_000
+#: Seconds following waits for the stream watched during a backfill to report its first event.
+BACKFILL_WATCH_WAIT = 10.0
 #: Rounds of resync for one account before it is left marked for the next start.
 RESYNC_ROUNDS = 3
 #: Seconds after a failed resync of an account before another is tried (its commits meanwhile are dropped;
@@ -303,6 +305,8 @@ class Mirror:
         self._stream_session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
+        #: during a backfill's follow: the task watching the stream since before the listing (first seq)
+        self._backfill_watch: asyncio.Future[int | None] | None = None
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -407,7 +411,10 @@ class Mirror:
                         await step
                     self._stopping.set()
                     return
-                await self.handle(step.result())
+                item = step.result()
+                if await self._resume_from_backfill_watch(item):
+                    return  # reconnect from the earlier cursor
+                await self.handle(item)
                 self._last_event = time.monotonic()
                 if time.monotonic() - self._flushed >= self.flush_interval:
                     self.flush(stream)
@@ -823,16 +830,43 @@ class Mirror:
 
             await asyncio.gather(*(one(entry) for entry in listing))
             noted = watch.result() if watch.done() else None
-            watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError, PypdsError):
-                await watch
-        if noted is not None and self.archive.cursor(stream) is None:
-            self.archive.flush([], stream, noted - 1)
-        report.cursor = self.archive.cursor(stream)
-        report.seconds = time.monotonic() - started
-        if follow:
-            await self.run_async(url, max_events=max_events, idle_timeout=idle_timeout)
+            if noted is None and follow and not watch.done():
+                self._backfill_watch = watch  # a quiet stream so far: following compares with it
+            else:
+                await _cancelled(watch)
+            if noted is not None and self.archive.cursor(stream) is None:
+                self.archive.flush([], stream, noted - 1)
+            report.cursor = self.archive.cursor(stream)
+            report.seconds = time.monotonic() - started
+            if follow:
+                try:
+                    await self.run_async(url, max_events=max_events, idle_timeout=idle_timeout)
+                finally:
+                    if self._backfill_watch is not None:
+                        await _cancelled(self._backfill_watch)
+                        self._backfill_watch = None
         return report
+
+    async def _resume_from_backfill_watch(self, item: Frame | InvalidFrame) -> bool:
+        """Whether following must go back: the stream watched since before the backfill listed the
+        repositories sent an event before ``item`` (the first one this connection sent). Then the
+        cursor is set just before it and True returned (the caller reconnects), so no commit made
+        between the downloads and this connection is missed."""
+        watch = self._backfill_watch
+        if watch is None or not isinstance(item, Frame) or type(item.body.get("seq")) is not int:
+            return False
+        seq: int = item.body["seq"]
+        self._backfill_watch = None
+        try:  # the watch is still connected, so it sees this event or an earlier one
+            first = await asyncio.wait_for(watch, BACKFILL_WATCH_WAIT)
+        except (TimeoutError, PypdsError):
+            first = None
+            log.warning("backfill: the stream watched during the downloads fell silent; following from seq %d", seq)
+        await _cancelled(watch)
+        if first is None or first >= seq:
+            return False
+        self._cursor = first - 1
+        return True
 
     async def _backfill_one(self, entry: tuple[str, str | None, str], report: BackfillReport) -> None:
         did, rev, status = entry
@@ -911,6 +945,12 @@ class Mirror:
                 yield
             finally:
                 self._session = self._stream_session = None
+
+
+async def _cancelled(task: asyncio.Future) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, PypdsError):
+        await task
 
 
 def _car_bytes(body: dict) -> bytes | None:

@@ -35,10 +35,22 @@ import aiohttp
 import cbrrr
 import pytest
 
-from pypds import CID, Outcome, Repo, ResolverConfig, from_json, generate_signing_key, to_json, verify_car, verify_proof
+from pypds import (
+    CID,
+    Mirror,
+    Outcome,
+    Repo,
+    ResolverConfig,
+    from_json,
+    generate_signing_key,
+    to_json,
+    verify_car,
+    verify_proof,
+)
 from pypds.cli import main
 from pypds.codec import cbor as pcbor
 from pypds.codec.cid import cid_for_raw, link_from_bytes
+from pypds.net.archive import shard_of
 from pypds.net.identity import resolve
 from pypds.net.server import make_app
 from pypds.sync.firehose import verify_commit_message
@@ -524,3 +536,33 @@ def test_push_with_a_wrong_password_or_to_another_did_changes_nothing(refpds, al
     assert err.count("\n") == 1 and "was refused: 401 BadJwtAudience" in err
     assert {f.name: f.read_bytes() for f in path.iterdir() if f.is_file()} == before
     assert CID.decode(xrpc(refpds.pds, "com.atproto.sync.getLatestCommit", params={"did": alice["did"]})["cid"])
+
+
+# -- a pypds mirror of the reference PDS ---------------------------------------------------------------------
+
+
+def test_a_mirror_backfills_the_reference_pds_then_follows_its_stream(refpds, alice, tmp_path):
+    """Mirror.backfill lists and downloads every account of the PDS, then follows its subscribeRepos:
+    creates, updates and deletes made after the backfill reach the copies, which then equal the PDS."""
+    body = {"handle": f"dave{refpds.handle_domain}", "email": "dave@example.com", "password": "dave-password"}
+    dave = xrpc(refpds.pds, "com.atproto.server.createAccount", body=body)
+    apply_writes(refpds, dave, [create(POST, tid(i, 6), new_post(i)) for i in range(12)])
+    archive = tmp_path / "archive"
+    wrote: list[int] = []
+
+    def write_once_downloaded(done: int, total: int, _bytes: int) -> None:
+        if done == total and not wrote:  # while the backfill still runs: following must pick these up
+            wrote.append(done)
+            apply_writes(refpds, dave, [update(POST, tid(0, 6), new_post(0) | {"text": "edited"})])
+            apply_writes(refpds, dave, [delete(POST, tid(1, 6)), create(POST, tid(20, 6), new_post(20))])
+            apply_writes(refpds, alice, [create(POST, tid(40), new_post(40))])
+
+    with Mirror(archive, config=resolver_config(refpds), blobs=True) as mirror:
+        report = mirror.backfill(refpds.pds, idle_timeout=3.0, progress=write_once_downloaded)
+        assert wrote and report.failed == 0 and report.listed >= 2, report
+        assert mirror.stats.rejected == 0 and mirror.stats.applied >= 3, mirror.stats
+        apply_writes(refpds, alice, [delete(POST, tid(40))])
+        stats = mirror.run(refpds.pds, idle_timeout=3.0)  # from the saved cursor
+        assert stats.rejected == 0 and stats.applied == 4, stats  # the counts add up over the runs
+    for did in (alice["did"], dave["did"]):
+        assert_copy_equals_pds(refpds, did, archive / shard_of(did) / did)
