@@ -9,8 +9,9 @@ returns, the thread appends ``t i CID`` to an ack file and fsyncs it. The
 parent kills the writer with SIGKILL after a random delay, reopens the
 repository and checks: it opens and ``verify()`` passes; every acknowledged
 record is there with its CID; for each thread, nothing beyond its last
-acknowledged key but the one write it may have had in flight; the commit
-history is one chain with increasing revs. Prints a line per failure and a
+acknowledged key but the one write it may have had in flight (which, when
+it made it, counts as acknowledged from then on: the next writer resumes
+after it); the commit history is one chain with increasing revs. Prints a line per failure and a
 summary; exit status 1 if any check failed.
 """
 
@@ -67,6 +68,7 @@ def check(repo_dir: Path, acks: Path, threads: int) -> list[str]:
     from pypds import Repo
 
     problems: list[str] = []
+    in_flight: list[str] = []
     acked: dict[int, dict[int, str]] = {t: {} for t in range(threads)}
     text = acks.read_text()
     if not text.endswith("\n"):  # a line cut by the kill is not an acknowledgement: drop it
@@ -90,6 +92,8 @@ def check(repo_dir: Path, acks: Path, threads: int) -> list[str]:
             )
             if beyond and beyond != [last + 1]:
                 problems.append(f"thread {t}: unacknowledged writes {beyond} beyond the one in flight ({last + 1})")
+            elif beyond:  # the write in flight made it: the next writer resumes after it, so count it as
+                in_flight.append(f"{t} {last + 1} {stored[f't{t}-{last + 1:06d}']}\n")  # acknowledged from now
         chain, cid = [], repo.head
         store = repo._state.store
         while cid is not None:
@@ -100,6 +104,8 @@ def check(repo_dir: Path, acks: Path, threads: int) -> list[str]:
             problems.append("the commit history is not one chain of increasing revs")
         repo.put(POST, "after-kill", record(0, 0))  # the repository still takes writes
         repo.delete(POST, "after-kill")
+    with acks.open("a", encoding="utf-8") as log:
+        log.writelines(in_flight)
     return problems
 
 
