@@ -289,6 +289,39 @@ def fork(path: Path, source: Source, key) -> Repo:
     return Repo.open(path, signing_key=key, rotate_key=True)
 
 
+def test_an_active_account_the_archive_does_not_hold_is_resynced(net, tmp_path):
+    """A server announces a repository it sees for the first time with #identity and #account only:
+    its copy must not wait for a #commit that may never come."""
+    alice = net.sources[0]
+    alice.write(None, 2)
+    net.stream.push("#identity", {"did": alice.did, "time": "2025-01-01T00:00:00Z"})
+    net.stream.push("#account", {"did": alice.did, "time": "2025-01-01T00:00:00Z", "active": True})
+    mirror = net.mirror()
+    stats = follow(mirror, net.stream.url, 2)
+    assert stats.resyncs == 1 and stats.rejected == 0 and same_as_source(tmp_path / "archive", alice)
+    net.stream.push("#account", {"did": alice.did, "time": "2025-01-01T00:00:00Z", "active": True})
+    assert follow(mirror, net.stream.url, 1).resyncs == 1  # held already: nothing to do
+
+
+def test_seq_going_back_is_rejected_and_the_cursor_stays(net, tmp_path):
+    alice = net.sources[0]
+    alice.write(net.stream, 2)
+    mirror = net.mirror()
+    follow(mirror, net.stream.url, 2)
+    archive = tmp_path / "archive"
+    before = copy_of(archive, alice.did).export_car()
+    alice.write(None, 1)
+    net.stream.push_raw(encode_frame("#commit", {**alice.repo.commit_event(), "seq": 1}))  # genuine, seq back
+    stats = follow(mirror, net.stream.url, 1)
+    assert stats.rejected == 1 and stats.applied == 0 and stats.cursor == 2  # counts since the mirror started
+    assert copy_of(archive, alice.did).export_car() == before
+    with Archive.open(archive) as index:
+        assert index.cursor(net.stream.url) == 2 and [r["kind"] for r in index.rejections()] == ["seq"]
+    alice.write(net.stream, 1)  # the commit it skipped shows as a gap: resynced
+    stats = follow(mirror, net.stream.url, 2)  # the stub sends the renumbered frame again first
+    assert stats.resyncs == 2 and stats.rejected == 2 and same_as_source(archive, alice)
+
+
 def test_account_deleted_removes_the_copy_unless_kept(net, tmp_path):
     alice, bob = net.sources[0], net.sources[1]
     alice.write(net.stream, 1)

@@ -12,15 +12,18 @@ copy in one transaction (:meth:`pypds.Repo.apply_commit`: HEAD's rev must
 be the message's ``since`` and HEAD's MST root its ``prevData``; only the
 new blocks are written). Then:
 
-* an unknown account, a gap (``since`` or ``prevData`` not what the copy
-  holds), a ``#sync`` naming a newer commit, a ``tooBig`` commit or one that
-  fails to apply: the account is **resynced** with ``getRepo`` (the
+* an unknown account (its first ``#commit``, or an ``#account`` saying it
+  is active), a gap (``since`` or ``prevData`` not what the copy holds), a
+  ``#sync`` naming a newer commit, a ``tooBig`` commit or one that fails to
+  apply: the account is **resynced** with ``getRepo`` (the
   downloader: the diff since the copy's rev, or the whole repository) from
   its PDS, or the stream's host if the PDS cannot be reached, in a
   background task (at most ``resync_concurrency`` at once). Its commits
   that arrive meanwhile wait in a bounded buffer and are applied after it.
 * a bad signature, a DID mismatch, an altered block, a malformed message or
-  frame, or a commit not newer than the copy that the copy never held:
+  frame, a commit not newer than the copy that the copy never held, or an
+  event whose ``seq`` is not after the last one handled (the cursor never
+  goes back):
   **rejected**, logged in the index, and the copy does not change.
 * a commit the copy already holds (a replay after a restart): skipped
   quietly, counted as a duplicate.
@@ -463,6 +466,12 @@ class Mirror:
         body = item.body
         seq = body.get("seq")
         seq = seq if type(seq) is int and seq >= 0 else None
+        if seq is not None and self._cursor is not None and seq <= self._cursor:
+            # A stream's seqs only go up: this is a replay, or the stream reordered or renumbered its
+            # events. Handled, it would be applied out of order and after a cursor that no longer
+            # says what was applied; rejected, nothing is lost (a commit missed shows as a gap on the
+            # account's next one, and the account is resynced).
+            return self._reject(None, seq, "seq", f"seq {seq} is not after {self._cursor}: the stream went back")
         handler = {
             "#commit": self._on_commit,
             "#sync": self._on_sync,
@@ -636,6 +645,10 @@ class Mirror:
                 self._delete_after.add(did)
             else:
                 await self._delete_copy(did)
+        elif status == "active" and did not in self._resyncing and await self._repo(did) is None:
+            # a new account (or one a server saw for the first time) may make no commit for long
+            self._schedule_resync(did, "an active account this archive does not hold", seq)
+            return RESYNC
         return ACCOUNT
 
     async def _delete_copy(self, did: str) -> None:
