@@ -59,7 +59,7 @@ def _follow_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "--partition",
             metavar="K/N",
             callback=_partition,
-            help="Apply only the accounts whose sha256(DID) mod N is K (N followers share a stream).",
+            help="Apply only the accounts whose sha256(DID) (first 8 bytes) mod N is K (N followers share a stream).",
         ),
     ]
     for option in options:

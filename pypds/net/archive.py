@@ -82,7 +82,8 @@ def shard_of(did: str) -> str:
 
 
 def partition_of(did: str, count: int) -> int:
-    """The partition (0..count-1) of an account: sha256(DID), as a big-endian integer, mod ``count``."""
+    """The partition (0..count-1) of an account: the first 8 bytes of sha256(DID), as a big-endian
+    integer, mod ``count``."""
     return int.from_bytes(hashlib.sha256(did.encode()).digest()[:8], "big") % count
 
 
