@@ -18,13 +18,23 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
 
-from pypds import CarReader, EventStreamOptions, InvalidInput, Repo, generate_signing_key, verify_commit_message
+from pypds import (
+    CarReader,
+    EventStreamOptions,
+    InvalidInput,
+    Repo,
+    StorageError,
+    generate_signing_key,
+    verify_commit_message,
+)
 from pypds.net.server import EVENT_STREAM, SHUTDOWN_TIMEOUT, make_app, start_server
 from pypds.sync.event_stream import Frame, decode_frame
 
@@ -312,6 +322,26 @@ def test_the_default_event_log_is_in_the_first_repository(alice, tmp_path):
     with ServerThread(app) as server, Subscription(server.url, cursor=0) as sub:
         sub.take(2)
     assert stat.S_IMODE((alice / "events.db").stat().st_mode) == 0o600
+
+
+def test_a_default_log_that_cannot_be_opened_serves_the_repositories_without_the_stream(
+    alice, tmp_path, monkeypatch, caplog
+):
+    """A read-only repository directory (say, a mounted backup) is still served; a named log must open."""
+
+    def refuse(*_args, **_kwargs):
+        raise StorageError(f"cannot open the event log {alice / 'events.db'}: read-only file system")
+
+    monkeypatch.setattr("pypds.net.subscribe_repos.EventLog.open", refuse)
+    with ServerThread(make_app([alice], event_stream=EventStreamOptions(**FAST))) as server:
+        answer = urllib.request.urlopen(f"{server.url}/xrpc/com.atproto.sync.getLatestCommit?did={DID}")
+        assert answer.status == 200
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{server.url}/xrpc/com.atproto.sync.subscribeRepos")
+        assert refused.value.code == 501
+    assert "not serving subscribeRepos" in caplog.text and "read-only" in caplog.text
+    with pytest.raises(StorageError):
+        make_app([alice], event_stream=EventStreamOptions(event_log=tmp_path / "named.db", **FAST))
 
 
 @pytest.mark.parametrize(

@@ -70,7 +70,7 @@ from aiohttp import web
 
 from ..car.writer import CarWriter
 from ..codec.cid import CID, RAW_PREFIX, parse_cid
-from ..errors import BlockHashMismatch, IntegrityError, InvalidInput, LimitExceeded, PypdsError, shown
+from ..errors import BlockHashMismatch, IntegrityError, InvalidInput, LimitExceeded, PypdsError, StorageError, shown
 from ..repo.repo import Repo
 from ..storage.blobs import BlobFile, BlobStore
 from ..syntax import is_valid_did, is_valid_nsid, is_valid_record_key, is_valid_tid
@@ -185,8 +185,16 @@ def make_app(
 
 def _mount_stream(app: web.Application, service: SyncService, options: EventStreamOptions) -> None:
     """Serve subscribeRepos: the stream starts with the application and stops (log closed) before the
-    repositories are closed."""
-    stream = RepoEventStream(list(service.repos.values()), options)
+    repositories are closed. When the default log (in the first repository's directory) cannot be
+    opened, a read-only directory say, the repositories are served without the stream, with a warning;
+    a log the caller named must open."""
+    try:
+        stream = RepoEventStream(list(service.repos.values()), options)
+    except StorageError as exc:
+        if options.event_log is not None:
+            raise
+        log.warning("not serving subscribeRepos: %s (give an event log to serve the stream)", exc)
+        return
     app[EVENT_STREAM] = stream
     service.methods[SUBSCRIBE_REPOS] = stream.subscribe
     app.on_startup.append(stream.start)
