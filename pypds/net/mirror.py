@@ -184,21 +184,14 @@ class MirrorStats:
         return self.events / max(time.monotonic() - self.started, 1e-9)
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return {
-            "events": self.events,
-            "commits": self.commits,
-            "applied": self.applied,
-            "duplicates": self.duplicates,
-            "rejected": self.rejected,
-            "resyncs": self.resyncs,
-            "resyncFailures": self.resync_failures,
-            "deleted": self.deleted,
-            "otherPartition": self.other_partition,
-            "frameBytes": self.frame_bytes,
-            "cursor": self.cursor,
-            "eventsPerSecond": round(self.events_per_second, 1),
-        }
+        """A JSON-ready dict: every count (camelCase names) and ``eventsPerSecond``."""
+        counts = {_camel(f.name): getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "started"}
+        return {**counts, "eventsPerSecond": round(self.events_per_second, 1)}
+
+
+def _camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(word.title() for word in rest)
 
 
 @dataclass

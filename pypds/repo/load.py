@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -313,22 +314,24 @@ def _read_capped(path: Path) -> bytes:
 # -- checked writes waiting for their commit -------------------------------------------------
 
 
-class _Pending:
+class _Pending(ABC):
     """Checked writes in input order, and whether each path they touch ends up holding a record."""
 
     count = 0
 
+    @abstractmethod
     def add(self, line: int, op: WriteOp) -> None:
-        raise NotImplementedError
+        """Keep a checked write (from input line ``line``)."""
 
+    @abstractmethod
     def present(self, key: bytes) -> bool | None:
         """Whether the last write to ``key`` so far was a put (None: no write touched it)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def chunks(self, size: int) -> Iterator[list[Placed]]:
-        raise NotImplementedError
+        """The writes in input order, ``size`` at a time."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a default: only the spool holds something to free)
         """Free what the writes held."""
 
 
