@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import secrets
 import time
+from datetime import UTC, datetime
 
 from .errors import InvalidTid
 from .syntax import check_tid
 
-__all__ = ["encode_tid", "decode_tid", "TidClock"]
+__all__ = ["encode_tid", "decode_tid", "TidClock", "utc_timestamp"]
 
 _ALPHABET = "234567abcdefghijklmnopqrstuvwxyz"
 _VALUES = {ch: i for i, ch in enumerate(_ALPHABET)}
@@ -76,3 +77,8 @@ class TidClock:
         micros = max(now_micros, self._last_micros + 1)
         self._last_micros = micros
         return encode_tid(micros, self.clock_id)
+
+
+def utc_timestamp() -> str:
+    """The current time as an atproto datetime string: UTC, milliseconds, ``Z`` (an event's ``time``)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

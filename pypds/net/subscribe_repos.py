@@ -38,7 +38,6 @@ import os
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ from ..codec.cid import CID
 from ..errors import InvalidInput, PypdsError, shown
 from ..repo.repo import Repo
 from ..sync.event_stream import encode_error_frame, encode_frame
+from ..tid import utc_timestamp
 from .event_log import DEFAULT_BACKLOG, EVENT_LOG_NAME, EventLog, check_backlog
 
 __all__ = ["EventStreamOptions", "RepoEventStream", "Subscriber"]
@@ -342,7 +342,7 @@ class RepoEventStream:
 
 
 def _first_seen(did: str) -> list[tuple[str, dict[str, Any]]]:
-    time = _now()
+    time = utc_timestamp()
     return [("#identity", {"did": did, "time": time}), ("#account", {"did": did, "time": time, "active": True})]
 
 
@@ -364,11 +364,7 @@ def _sync_body(repo: Repo, head: CID) -> dict[str, Any]:
     writer = CarWriter(buffer, [head])
     if block is not None:
         writer.write_block(head, block)
-    return {"did": repo.did, "blocks": buffer.getvalue(), "rev": repo.commit(head).rev, "time": _now()}
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return {"did": repo.did, "blocks": buffer.getvalue(), "rev": repo.commit(head).rev, "time": utc_timestamp()}
 
 
 def _cursor(request: web.Request) -> int | None:

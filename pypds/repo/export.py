@@ -25,7 +25,6 @@ import hashlib
 import io
 import os
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 from ..car.writer import CarWriter, Writable, write_car_file
@@ -41,6 +40,7 @@ from ..storage.store import SqliteError, Store, storage_error
 from ..sync.firehose import CommitEvent, covering_proof
 from ..sync.proof import proof_path
 from ..syntax import check_tid, repo_path
+from ..tid import utc_timestamp
 from .state import RepoState
 
 __all__ = ["car_blocks", "commit_event", "export_blobs", "export_car", "iter_car", "prove"]
@@ -241,7 +241,7 @@ def commit_event(state: RepoState, commit: CID | str | None) -> CommitEvent:
         "blocks": blocks.getvalue(),
         "rebase": False,
         "tooBig": False,
-        "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "time": utc_timestamp(),
     }
 
 
